@@ -1,0 +1,23 @@
+"""`koe models`: the models koe knows, where they live, and whether they are usable offline."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from koe.config import Settings
+from koe.models import list_models
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models_command)
+
+
+def models_command() -> None:
+    """List the bundled and hub models with their location."""
+    settings = Settings()
+    table = Table("name", "kind", "ready offline", "location")
+    for info in list_models(settings.cache_dir):
+        table.add_row(info.name, info.kind, "yes" if info.ready else "no", info.location)
+    Console().print(table)

@@ -1,0 +1,127 @@
+"""`koe transcribe FILE...`: transcribe files on this machine, with a progress bar and a summary table."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from koe.audio import AudioLimits, decode
+from koe.config import Settings
+from koe.engine import Engine
+from koe.errors import KoeError
+from koe.formats import EXTENSIONS, check_format, render
+from koe.options import TranscribeOptions, parse_options
+
+err = Console(stderr=True)
+
+
+@dataclass
+class Outcome:
+    file: Path
+    duration: float = 0.0
+    wall: float = 0.0
+    error: str | None = None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("transcribe")(transcribe_command)
+
+
+def transcribe_command(
+    files: Annotated[list[Path], typer.Argument(help="Audio or video files.")],
+    model: Annotated[str | None, typer.Option(help="Model name, folder or model.tar.gz.")] = None,
+    language: Annotated[str | None, typer.Option(help="Language code, or auto.")] = None,
+    task: Annotated[str, typer.Option(help="transcribe | translate")] = "transcribe",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="Comma list: text,json,verbose_json,srt,vtt,tsv")] = "text",
+    output_dir: Annotated[Path | None, typer.Option(help="Write FILE.<ext> here instead of printing.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    compute_type: Annotated[str | None, typer.Option(help="auto | int8 | float16 | ...")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Chunks per batch (batched mode).")] = None,
+    mode: Annotated[str, typer.Option(help="auto | batched | sequential")] = "auto",
+    beam_size: Annotated[int, typer.Option(help="Beam size.")] = 5,
+    word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps.")] = False,
+    vad: Annotated[bool, typer.Option(help="Skip silence with Silero VAD.")] = True,
+    initial_prompt: Annotated[str | None, typer.Option(help="Text to condition the first window on.")] = None,
+) -> None:
+    """Transcribe FILE... and print (or write) the transcripts. Exit code 1 if any file failed."""
+    overrides = {"model": model, "device": device, "compute_type": compute_type}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        formats = [check_format(f.strip()) for f in fmt.split(",") if f.strip()]
+        options = parse_options(
+            {
+                "language": language, "task": task, "batch_size": batch_size, "mode": mode,
+                "beam_size": beam_size, "word_timestamps": word_timestamps, "vad": vad,
+                "initial_prompt": initial_prompt,
+            }  # fmt: skip
+        )
+        engine = Engine.from_settings(settings)
+        engine.check(options)
+    except KoeError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+    limits = AudioLimits(settings.max_input_bytes, settings.max_duration_s)
+    outcomes = _run_all(engine, files, options, formats, output_dir, limits)
+    _summary(outcomes)
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _run_all(
+    engine: Engine,
+    files: list[Path],
+    options: TranscribeOptions,
+    formats: list[str],
+    output_dir: Path | None,
+    limits: AudioLimits,
+) -> list[Outcome]:
+    outcomes = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"))
+    with Progress(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
+        for path in files:
+            task = bar.add_task(path.name, total=0)
+            outcome = Outcome(path)
+            started = time.perf_counter()
+            try:
+                audio = decode(path, limits)
+                outcome.duration = audio.duration
+                bar.update(task, total=audio.duration)
+                transcript = engine.transcribe(
+                    audio, options, progress=lambda done, total, t=task: bar.update(t, completed=done)
+                )
+                _emit(transcript, path, formats, output_dir)
+            except KoeError as exc:
+                outcome.error = exc.message
+                err.print(f"[red]{path}:[/red] {exc.message}")
+            outcome.wall = time.perf_counter() - started
+            bar.remove_task(task)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _emit(transcript: object, path: Path, formats: list[str], output_dir: Path | None) -> None:
+    from koe.transcript import Transcript
+
+    assert isinstance(transcript, Transcript)
+    for fmt in formats:
+        body = render(transcript, fmt)
+        if output_dir is None:
+            typer.echo(body, nl=not body.endswith("\n"))
+        else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / f"{path.stem}.{EXTENSIONS[fmt]}").write_text(body, encoding="utf-8")
+
+
+def _summary(outcomes: list[Outcome]) -> None:
+    table = Table("file", "duration", "wall time", "x real time", "result")
+    for o in outcomes:
+        speed = f"{o.duration / o.wall:.1f}x" if o.wall and o.duration else "-"
+        table.add_row(str(o.file), f"{o.duration:.1f} s", f"{o.wall:.2f} s", speed, o.error or "ok")
+    err.print(table)

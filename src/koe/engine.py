@@ -1,0 +1,239 @@
+"""Engine: owns one loaded faster-whisper model and turns audio into a Transcript.
+
+Thread-safe: any number of threads may call `transcribe` at once; CTranslate2 queues their work on the
+model's `num_workers` replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.transcribe import Segment as FwSegment
+from faster_whisper.vad import VadOptions
+
+from koe.audio import Audio
+from koe.config import Settings, default_cache_dir
+from koe.errors import EngineError, ModelUnavailableError, OptionsError
+from koe.models import resolve
+from koe.options import TranscribeOptions
+from koe.transcript import Segment, Transcript, Word
+
+logger = logging.getLogger("koe.engine")
+
+Progress = Callable[[float, float], None]
+"""Called with (audio seconds done, audio seconds in all) as a transcription advances."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the model runs: device and compute type, after `auto` is decided."""
+
+    device: str
+    compute_type: str
+
+    @classmethod
+    def choose(cls, device: str = "auto", compute_type: str = "auto") -> Placement:
+        if device == "auto":
+            device = "cuda" if cuda_available() else "cpu"
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        return cls(device, compute_type)
+
+
+def cuda_available() -> bool:
+    try:
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # a CPU-only CTranslate2 build, or no driver
+        return False
+
+
+class Engine:
+    """One loaded Whisper model. Build it with `Engine.load(...)` or `Engine.from_settings(settings)`."""
+
+    def __init__(
+        self, model: WhisperModel, *, name: str, path: Path, placement: Placement, batch_size: int = 16
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.path = path
+        self.placement = placement
+        self.batch_size = batch_size
+        self.multilingual: bool = bool(model.model.is_multilingual)
+        self._closed = threading.Event()
+
+    @classmethod
+    def load(
+        cls,
+        model: str = "tiny.en",
+        *,
+        cache_dir: Path | None = None,
+        device: str = "auto",
+        compute_type: str = "auto",
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+        batch_size: int = 16,
+    ) -> Engine:
+        path = resolve(model, cache_dir or default_cache_dir())
+        placement = Placement.choose(device, compute_type)
+        started = time.perf_counter()
+        try:
+            whisper = WhisperModel(
+                str(path),
+                device=placement.device,
+                compute_type=placement.compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=num_workers,
+                local_files_only=True,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelUnavailableError(f"cannot load model {model!r} from {path}: {exc}") from exc
+        logger.info(
+            "loaded %s from %s on %s/%s in %.1fs",
+            model, path, placement.device, placement.compute_type, time.perf_counter() - started,
+        )  # fmt: skip
+        return cls(whisper, name=model, path=path, placement=placement, batch_size=batch_size)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str | None = None) -> Engine:
+        return cls.load(
+            model or settings.model,
+            cache_dir=settings.cache_dir,
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            num_workers=settings.num_workers,
+            batch_size=settings.batch_size,
+        )
+
+    def resolve_mode(self, options: TranscribeOptions) -> str:
+        """`auto` is batched on a GPU and sequential on a CPU (measured faster there: see the README)."""
+        if options.mode != "auto":
+            return options.mode
+        return "batched" if self.placement.device == "cuda" else "sequential"
+
+    def check(self, options: TranscribeOptions) -> None:
+        """Reject options this model cannot honour, before any audio work."""
+        if not self.multilingual:
+            if options.language not in (None, "en"):
+                raise OptionsError(f"language: model {self.name} is English-only; use a multilingual model")
+            if options.task == "translate":
+                raise OptionsError(f"task: model {self.name} is English-only and cannot translate")
+
+    def transcribe(
+        self, audio: Audio, options: TranscribeOptions | None = None, progress: Progress | None = None
+    ) -> Transcript:
+        """Transcribe `audio` with `options`, calling `progress(done_s, total_s)` as segments finish."""
+        options = options or TranscribeOptions()
+        self.check(options)
+        mode = self.resolve_mode(options)
+        try:
+            if mode == "batched":
+                segments, info = self._batched(audio, options)
+            else:
+                segments, info = self._sequential(audio, options)
+            result = _collect(segments, audio.duration, progress)
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"transcription failed: {exc}") from exc
+        if progress:
+            progress(audio.duration, audio.duration)
+        return Transcript.from_segments(
+            result,
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=audio.duration,
+            task=options.task,
+        )
+
+    def _common_kwargs(self, options: TranscribeOptions) -> dict[str, Any]:
+        return {
+            "language": options.language,
+            "task": options.task,
+            "beam_size": options.beam_size,
+            "temperature": list(options.temperature),
+            "compression_ratio_threshold": options.compression_ratio_threshold,
+            "log_prob_threshold": options.log_prob_threshold,
+            "no_speech_threshold": options.no_speech_threshold,
+            "word_timestamps": options.word_timestamps,
+            "initial_prompt": options.initial_prompt,
+            "hotwords": options.hotwords,
+            "vad_filter": options.vad,
+        }
+
+    def _sequential(self, audio: Audio, options: TranscribeOptions) -> tuple[Iterable[FwSegment], Any]:
+        return self.model.transcribe(
+            audio.samples, vad_parameters=vad_parameters(options), **self._common_kwargs(options)
+        )
+
+    def _batched(self, audio: Audio, options: TranscribeOptions) -> tuple[Iterable[FwSegment], Any]:
+        pipeline = BatchedInferencePipeline(self.model)  # holds per-call state: one per call
+        params = vad_parameters(options)
+        # Without VAD the batched pipeline needs the chunks spelled out: plain 30 s windows.
+        windows = None if options.vad else fixed_windows(audio.duration)
+        return pipeline.transcribe(
+            audio.samples,
+            batch_size=options.batch_size or self.batch_size,
+            vad_parameters={k: v for k, v in vars(params).items() if k != "max_speech_duration_s"},
+            clip_timestamps=windows,
+            without_timestamps=False,
+            **self._common_kwargs(options),
+        )
+
+    def close(self) -> None:
+        """Release the model (its GPU or CPU memory goes when the last reference does)."""
+        self._closed.set()
+        self.model.model.unload_model()
+
+
+def fixed_windows(duration: float, length: float = 30.0) -> list[dict[str, float]]:
+    starts = range(0, max(1, math.ceil(duration / length)))
+    return [{"start": i * length, "end": min((i + 1) * length, duration)} for i in starts]
+
+
+def vad_parameters(options: TranscribeOptions) -> VadOptions:
+    return VadOptions(
+        threshold=options.vad_threshold,
+        min_speech_duration_ms=options.vad_min_speech_ms,
+        min_silence_duration_ms=options.vad_min_silence_ms,
+        speech_pad_ms=options.vad_speech_pad_ms,
+    )
+
+
+def _collect(segments: Iterable[FwSegment], duration: float, progress: Progress | None) -> list[Segment]:
+    """Consume faster-whisper's lazy generator (the work happens here) into koe segments."""
+    out: list[Segment] = []
+    for seg in segments:
+        out.append(_segment(len(out), seg))
+        if progress:
+            progress(min(seg.end, duration), duration)
+    return out
+
+
+def _segment(index: int, seg: FwSegment) -> Segment:
+    words = None
+    if seg.words is not None:
+        words = [
+            Word(word=w.word, start=round(w.start, 3), end=round(w.end, 3), probability=round(w.probability, 4))
+            for w in seg.words
+        ]
+    return Segment(
+        id=index,
+        seek=seg.seek,
+        start=round(seg.start, 3),
+        end=round(seg.end, 3),
+        text=seg.text,
+        tokens=list(seg.tokens),
+        temperature=float(seg.temperature or 0.0),
+        avg_logprob=float(seg.avg_logprob),
+        compression_ratio=float(seg.compression_ratio),
+        no_speech_prob=float(seg.no_speech_prob),
+        words=words,
+    )

@@ -1,0 +1,174 @@
+"""koe's error tree. Every failure a user can see is one of these; foreign exceptions (PyAV, CTranslate2,
+botocore, pydantic) are mapped to them at the edge where they are raised.
+
+    KoeError
+    ├── InputError ..................... 400  the request's audio or body is unusable
+    │   ├── EmptyInputError
+    │   ├── UndecodableAudioError
+    │   ├── NoAudioStreamError
+    │   └── InputNotFoundError ......... 404  an input location that does not exist
+    ├── InputTooLargeError ............. 413  more bytes than the limit
+    ├── AudioTooLongError .............. 413  more audio seconds than the limit
+    ├── OptionsError ................... 422  a bad option value or unknown option name
+    ├── UnsupportedMediaTypeError ...... 415
+    ├── NotAcceptableError ............. 406
+    ├── AuthError ...................... 401
+    ├── LocationError .................. 403  a file:// or s3:// location outside the allowed roots
+    ├── ModelError
+    │   ├── UnknownModelError .......... 404
+    │   └── ModelUnavailableError ...... 503  known, but cannot be loaded here (no network, bad files)
+    ├── NotReadyError .................. 503  the model is still loading
+    ├── EngineError .................... 500  inference itself failed
+    ├── StorageError ................... 502  the object store failed
+    ├── JobError
+    │   ├── JobNotFoundError ........... 404
+    │   ├── JobConflictError ........... 409  same id, different request / job not in a state for that
+    │   └── JobNotFinishedError ........ 409
+    └── AwsError ....................... 502  an AWS control-plane call failed (deploy)
+
+`http_status()` is the single table from error to HTTP status code; `error_body()` is the JSON every door
+answers with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KoeError(Exception):
+    """Base of every error koe reports to a user. `type` is a stable machine-readable name."""
+
+    type = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(KoeError):
+    type = "invalid_input"
+
+
+class EmptyInputError(InputError):
+    type = "empty_input"
+
+
+class UndecodableAudioError(InputError):
+    type = "undecodable_audio"
+
+
+class NoAudioStreamError(InputError):
+    type = "no_audio_stream"
+
+
+class InputNotFoundError(InputError):
+    type = "input_not_found"
+
+
+class InputTooLargeError(KoeError):
+    type = "input_too_large"
+
+
+class AudioTooLongError(KoeError):
+    type = "audio_too_long"
+
+
+class OptionsError(KoeError):
+    type = "invalid_option"
+
+
+class UnsupportedMediaTypeError(KoeError):
+    type = "unsupported_media_type"
+
+
+class NotAcceptableError(KoeError):
+    type = "not_acceptable"
+
+
+class AuthError(KoeError):
+    type = "unauthorized"
+
+
+class LocationError(KoeError):
+    type = "location_not_allowed"
+
+
+class ModelError(KoeError):
+    type = "model_error"
+
+
+class UnknownModelError(ModelError):
+    type = "unknown_model"
+
+
+class ModelUnavailableError(ModelError):
+    type = "model_unavailable"
+
+
+class NotReadyError(KoeError):
+    type = "not_ready"
+
+
+class EngineError(KoeError):
+    type = "engine_error"
+
+
+class StorageError(KoeError):
+    type = "storage_error"
+
+
+class JobError(KoeError):
+    type = "job_error"
+
+
+class JobNotFoundError(JobError):
+    type = "job_not_found"
+
+
+class JobConflictError(JobError):
+    type = "job_conflict"
+
+
+class JobNotFinishedError(JobError):
+    type = "job_not_finished"
+
+
+class AwsError(KoeError):
+    type = "aws_error"
+
+
+# The one table from error class to HTTP status. The most specific class in an error's MRO wins.
+HTTP_STATUS: dict[type[KoeError], int] = {
+    KoeError: 500,
+    InputError: 400,
+    InputNotFoundError: 404,
+    InputTooLargeError: 413,
+    AudioTooLongError: 413,
+    OptionsError: 422,
+    UnsupportedMediaTypeError: 415,
+    NotAcceptableError: 406,
+    AuthError: 401,
+    LocationError: 403,
+    UnknownModelError: 404,
+    ModelUnavailableError: 503,
+    NotReadyError: 503,
+    EngineError: 500,
+    StorageError: 502,
+    JobNotFoundError: 404,
+    JobConflictError: 409,
+    JobNotFinishedError: 409,
+    AwsError: 502,
+}
+
+
+def http_status(error: KoeError) -> int:
+    """The HTTP status code for `error`, from `HTTP_STATUS`."""
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def error_body(error: KoeError) -> dict[str, Any]:
+    """The JSON body every door answers an error with (and async jobs write to their failure location)."""
+    return {"error": {"type": error.type, "message": error.message}}

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real tiny.en / base models and the real speech in ../shared/audio."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: faster-whisper/huggingface_hub fail fast instead of downloading.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIO_DIR = Path(os.environ.get("KOE_TEST_AUDIO", ROOT.parent / "shared" / "audio"))
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    language: str
+    duration: float
+    reference: str
+    approximate: bool
+
+
+def _read_manifest() -> list[Clip]:
+    clips = []
+    with (AUDIO_DIR / "MANIFEST.tsv").open(encoding="utf-8") as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            text = row["transcript_file_or_text"]
+            if text.endswith(".txt") and (AUDIO_DIR / text).is_file():
+                text = (AUDIO_DIR / text).read_text(encoding="utf-8")
+            clips.append(
+                Clip(AUDIO_DIR / row["file"], row["language"], float(row["duration_s"] or 0), text,
+                     "approximate" in text.lower())
+            )  # fmt: skip
+    return clips
+
+
+@pytest.fixture(scope="session")
+def manifest() -> list[Clip]:
+    if not (AUDIO_DIR / "MANIFEST.tsv").is_file():
+        pytest.fail(f"the shared audio is missing at {AUDIO_DIR} (set KOE_TEST_AUDIO)")
+    return _read_manifest()
+
+
+@pytest.fixture(scope="session")
+def jfk() -> Path:
+    return AUDIO_DIR / "en" / "jfk.flac"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("koe-cache")
+
+
+@pytest.fixture(scope="session")
+def engine(cache_dir: Path):  # type: ignore[no-untyped-def]
+    from koe.engine import Engine
+
+    e = Engine.load("tiny.en", cache_dir=cache_dir, device="cpu", cpu_threads=2)
+    yield e
+
+
+@pytest.fixture(scope="session")
+def base_engine(cache_dir: Path):  # type: ignore[no-untyped-def]
+    from koe.engine import Engine
+
+    e = Engine.load("base", cache_dir=cache_dir, device="cpu", cpu_threads=2)
+    yield e
