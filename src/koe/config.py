@@ -46,3 +46,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Field(default_factory=default_data_dir, description="Queue database and file:// store.")
+    spool_dir: Path | None = Field(None, description="Where request bodies are spooled (None: the system temp).")
+    shutdown_grace_s: float = Field(
+        25.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (SageMaker kills at 30 s)."
+    )
