@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -50,3 +50,32 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         25.0, ge=0, description="On SIGTERM, how long in-flight requests may finish (SageMaker kills at 30 s)."
     )
+
+    # Local async endpoint (koe serve / koe worker): queue, workers, storage, notifications
+    jobs_enabled: bool = Field(
+        True, description="Run the job queue and a worker pool in `koe serve` (the SageMaker container: false)."
+    )
+    endpoint_name: str = Field("local", description="Endpoint name in notifications and metrics.")
+    worker_concurrency: int = Field(1, ge=0, le=64, description="Jobs one worker pool runs at once (0: none).")
+    model_idle_s: float = Field(300.0, ge=0, description="Unload the model after this long idle (0: never).")
+    lease_s: float = Field(30.0, gt=0, description="A claimed job returns to the queue if not renewed this long.")
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its leases.")
+    poll_s: float = Field(0.5, gt=0, description="How often an idle worker looks for queued jobs.")
+    reap_interval_s: float = Field(5.0, gt=0, description="How often lapsed leases and expired jobs are swept.")
+    max_attempts: int = Field(3, ge=1, le=100, description="Runs a job gets before its lapsed lease fails it.")
+    request_ttl_s: int = Field(21600, ge=1, le=21600, description="Default queue TTL (SageMaker: 6 h).")
+    invocation_timeout_s: int = Field(900, ge=1, le=3600, description="Default processing limit (15 min).")
+    output_path: str | None = Field(None, description="Where results go (None: file://<data_dir>/outputs).")
+    failure_path: str | None = Field(None, description="Where errors go (None: file://<data_dir>/failures).")
+    storage_roots: list[Path] = Field(default_factory=list, description="Extra folders file:// may reach.")
+    s3_buckets: list[str] = Field(default_factory=list, description="Buckets s3:// may reach (empty: any).")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None: AWS.")
+    s3_region: str | None = Field(None, description="S3 region (None: boto3's default chain).")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_session_token: SecretStr | None = None
+    storage_attempts: int = Field(4, ge=1, le=20, description="Tries per storage call on transient errors.")
+    webhook_url: str | None = Field(None, description="Endpoint-wide webhook for job notifications.")
+    webhook_attempts: int = Field(5, ge=1, le=20, description="Tries per webhook delivery (with backoff).")
+    sns_success_topic: str | None = Field(None, description="SNS topic ARN for completed jobs.")
+    sns_error_topic: str | None = Field(None, description="SNS topic ARN for failed jobs.")

@@ -23,7 +23,10 @@ botocore, pydantic) are mapped to them at the edge where they are raised.
     ├── JobError
     │   ├── JobNotFoundError ........... 404
     │   ├── JobConflictError ........... 409  same id, different request / job not in a state for that
-    │   └── JobNotFinishedError ........ 409
+    │   ├── JobNotFinishedError ........ 409
+    │   ├── JobExpiredError ............ 410  waited in the queue past its TTL
+    │   ├── JobTimeoutError ............ 504  ran past its invocation timeout
+    │   └── JobAbandonedError .......... 500  its worker's lease lapsed too many times
     └── AwsError ....................... 502  an AWS control-plane call failed (deploy)
 
 `http_status()` is the single table from error to HTTP status code; `error_body()` is the JSON every door
@@ -133,6 +136,18 @@ class JobNotFinishedError(JobError):
     type = "job_not_finished"
 
 
+class JobExpiredError(JobError):
+    type = "request_expired"
+
+
+class JobTimeoutError(JobError):
+    type = "invocation_timeout"
+
+
+class JobAbandonedError(JobError):
+    type = "job_abandoned"
+
+
 class AwsError(KoeError):
     type = "aws_error"
 
@@ -157,6 +172,9 @@ HTTP_STATUS: dict[type[KoeError], int] = {
     JobNotFoundError: 404,
     JobConflictError: 409,
     JobNotFinishedError: 409,
+    JobExpiredError: 410,
+    JobTimeoutError: 504,
+    JobAbandonedError: 500,
     AwsError: 502,
 }
 
