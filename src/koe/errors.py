@@ -27,7 +27,9 @@ botocore, pydantic) are mapped to them at the edge where they are raised.
     │   ├── JobExpiredError ............ 410  waited in the queue past its TTL
     │   ├── JobTimeoutError ............ 504  ran past its invocation timeout
     │   └── JobAbandonedError .......... 500  its worker's lease lapsed too many times
-    └── AwsError ....................... 502  an AWS control-plane call failed (deploy)
+    ├── AwsError ....................... 502  an AWS call failed (deploy, invoke)
+    │   └── AwsNotFoundError ........... 404  the AWS resource does not exist
+    └── DeployError .................... 500  a deploy step failed (docker, endpoint Failed, wait timed out)
 
 `http_status()` is the single table from error to HTTP status code; `error_body()` is the JSON every door
 answers with.
@@ -152,6 +154,14 @@ class AwsError(KoeError):
     type = "aws_error"
 
 
+class AwsNotFoundError(AwsError):
+    type = "aws_not_found"
+
+
+class DeployError(KoeError):
+    type = "deploy_error"
+
+
 # The one table from error class to HTTP status. The most specific class in an error's MRO wins.
 HTTP_STATUS: dict[type[KoeError], int] = {
     KoeError: 500,
@@ -176,6 +186,8 @@ HTTP_STATUS: dict[type[KoeError], int] = {
     JobTimeoutError: 504,
     JobAbandonedError: 500,
     AwsError: 502,
+    AwsNotFoundError: 404,
+    DeployError: 500,
 }
 
 
