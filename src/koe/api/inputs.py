@@ -1,0 +1,308 @@
+"""Reading a transcription request: the body (raw audio, multipart or JSON), its options, the output format.
+
+Shared by every route that takes audio (SageMaker /invocations, and later the OpenAI and jobs routes) and,
+for the parts that work on bytes, by the SageMaker handler module.
+
+- Raw and multipart bodies are streamed to a temporary file; the byte limit is enforced while streaming
+  (413), so a 1 GB body is never held in memory, and `received_body` removes the file on every path.
+- JSON bodies (`{"audio": "<base64>", ...options}`) are for small inputs and are read into memory, within
+  `MAX_JSON_BYTES`.
+- Options come from `X-Amzn-SageMaker-Custom-Attributes` and from form/JSON fields; a name given in both
+  places, or an unknown name, is an `OptionsError` (422).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from koe.errors import (
+    EmptyInputError,
+    InputError,
+    InputTooLargeError,
+    OptionsError,
+    UnsupportedMediaTypeError,
+)
+from koe.formats import Format, format_for_accept
+from koe.options import TranscribeOptions, parse_custom_attributes, parse_options
+
+CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
+MAX_JSON_BYTES = 100 * 1024**2
+MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 64
+FILE_FIELDS = ("file", "audio")
+ACCEPTED_CONTENT_TYPES = "audio/*, video/*, application/octet-stream, multipart/form-data, application/json"
+
+BodyKind = Literal["raw", "multipart", "json"]
+
+
+def body_kind(content_type: str | None) -> BodyKind:
+    """How to read a body of this Content-Type; none means raw audio. Anything else is a 415."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if not media or media == "application/octet-stream" or media.startswith(("audio/", "video/")):
+        return "raw"
+    if media == "multipart/form-data":
+        return "multipart"
+    if media == "application/json":
+        return "json"
+    raise UnsupportedMediaTypeError(
+        f"unsupported Content-Type {content_type!r}; use one of: {ACCEPTED_CONTENT_TYPES}"
+    )
+
+
+def accept_format(accept: str | None) -> Format:
+    """The output format an Accept header asks for (406 when koe cannot write it)."""
+    return format_for_accept(accept)
+
+
+def header_options(custom_attributes: str | None) -> dict[str, str]:
+    """Options from a custom-attributes header, validated alone (so a bad one fails before any upload)."""
+    attributes = parse_custom_attributes(custom_attributes)
+    parse_options(attributes)
+    return attributes
+
+
+def merge_options(attributes: Mapping[str, Any], fields: Mapping[str, Any]) -> TranscribeOptions:
+    """Options from the header's attributes and the body's fields; naming one option in both is an error."""
+    twice = sorted(set(attributes) & set(fields))
+    if twice:
+        raise OptionsError(f"{', '.join(twice)}: given both in custom attributes and in the body")
+    return parse_options({**attributes, **fields})
+
+
+@dataclass
+class ReceivedBody:
+    """A request body on disk: the audio file and the option fields that came with it."""
+
+    audio: Path
+    fields: dict[str, Any] = field(default_factory=dict)
+    filename: str | None = None
+
+
+@asynccontextmanager
+async def received_body(
+    request: Request, *, max_bytes: int, spool_dir: Path | None = None
+) -> AsyncIterator[ReceivedBody]:
+    """Stream `request`'s body (raw, multipart or JSON) to a temporary file; the file is gone on exit."""
+    kind = body_kind(request.headers.get("content-type"))
+    _check_declared_length(request, max_bytes if kind != "json" else json_limit(max_bytes))
+    fd, name = tempfile.mkstemp(prefix="koe-body-", dir=spool_dir)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            if kind == "raw":
+                await _spool_raw(request, sink, max_bytes)
+                body = ReceivedBody(path)
+            elif kind == "multipart":
+                body = await _spool_multipart(request, sink, max_bytes, path)
+            else:
+                data = await read_limited(request, json_limit(max_bytes))
+                audio, fields = parse_json_body(data, max_bytes)
+                sink.write(audio)
+                body = ReceivedBody(path, fields)
+        if body.audio.stat().st_size == 0:
+            raise EmptyInputError("the input is empty (0 bytes of audio)")
+        yield body
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def json_limit(max_bytes: int) -> int:
+    """The largest JSON body: base64 of `max_bytes` plus room for options, capped at `MAX_JSON_BYTES`."""
+    return min(MAX_JSON_BYTES, max_bytes * 4 // 3 + MAX_FIELD_BYTES)
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise InputTooLargeError(f"the request body is {declared} bytes; the limit is {limit} bytes")
+
+
+async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks, raising InputTooLargeError as soon as more than `limit` bytes arrived."""
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise InputTooLargeError(f"the request body is larger than the limit of {limit} bytes")
+            yield chunk
+    except ClientDisconnect:
+        raise InputError("the client disconnected before the body was complete") from None
+
+
+async def _spool_raw(request: Request, sink: BinaryIO, limit: int) -> None:
+    async for chunk in _chunks(request, limit):
+        sink.write(chunk)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The whole body in memory, at most `limit` bytes (for small bodies such as JSON)."""
+    parts = [chunk async for chunk in _chunks(request, limit)]
+    return b"".join(parts)
+
+
+async def _spool_multipart(request: Request, sink: BinaryIO, limit: int, path: Path) -> ReceivedBody:
+    # The limit covers the whole multipart body; the option fields are small beside the audio.
+    reader = MultipartReader(request.headers.get("content-type", ""), lambda: sink)
+    async for chunk in _chunks(request, limit + MAX_FIELDS * MAX_FIELD_BYTES):
+        reader.write(chunk)
+        if reader.file_bytes > limit:
+            raise InputTooLargeError(f"the uploaded file is larger than the limit of {limit} bytes")
+    reader.finish()
+    return ReceivedBody(path, reader.fields, reader.filename)
+
+
+class MultipartReader:
+    """A streaming multipart/form-data reader: the one file part goes to a sink, other parts become fields.
+
+    The file part is the one with a filename, or one named `file` or `audio`; there must be exactly one.
+    """
+
+    def __init__(self, content_type: str, open_sink: Callable[[], BinaryIO]) -> None:
+        _, params = parse_options_header(content_type)
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise InputError("multipart/form-data body without a boundary in its Content-Type")
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_bytes = 0
+        self._open_sink = open_sink
+        self._sink: BinaryIO | None = None
+        self._seen_file = False
+        self._headers: dict[bytes, bytes] = {}
+        self._header_name = b""
+        self._header_value = b""
+        self._name = ""
+        self._value = bytearray()
+        self._in_file = False
+        self._ended = False
+        try:
+            self._parser = MultipartParser(
+                boundary,
+                {
+                    "on_part_begin": self._on_part_begin,
+                    "on_header_field": self._on_header_field,
+                    "on_header_value": self._on_header_value,
+                    "on_header_end": self._on_header_end,
+                    "on_headers_finished": self._on_headers_finished,
+                    "on_part_data": self._on_part_data,
+                    "on_part_end": self._on_part_end,
+                    "on_end": self._on_end,
+                },
+            )
+        except FormParserError as exc:
+            raise InputError(f"malformed multipart/form-data body: {exc}") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._parser.write(data)
+        except FormParserError as exc:
+            raise InputError(f"malformed multipart/form-data body: {exc}") from None
+
+    def finish(self) -> None:
+        """Check the body was complete and held a file."""
+        with suppress(FormParserError):
+            self._parser.finalize()
+        if not self._ended:
+            raise InputError("malformed multipart/form-data body: it ends before its closing boundary")
+        if not self._seen_file:
+            raise InputError(f"multipart/form-data body without a file part (name it {FILE_FIELDS[0]!r})")
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._value = bytearray()
+        self._in_file = False
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[self._header_name.lower()] = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition"))
+        self._name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if filename is None and self._name not in FILE_FIELDS:
+            if len(self.fields) >= MAX_FIELDS:
+                raise InputError(f"multipart/form-data body with more than {MAX_FIELDS} fields")
+            return
+        if self._seen_file:
+            raise InputError("multipart/form-data body with more than one file part; send one per request")
+        self._seen_file = self._in_file = True
+        self.filename = filename.decode("utf-8", "replace") if filename else None
+        self._sink = self._open_sink()
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            assert self._sink is not None
+            self._sink.write(data[start:end])
+            self.file_bytes += end - start
+            return
+        self._value += data[start:end]
+        if len(self._value) > MAX_FIELD_BYTES:
+            raise InputError(f"multipart field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def _on_part_end(self) -> None:
+        if self._in_file:
+            return
+        if not self._name:
+            raise InputError("multipart/form-data part without a name")
+        if self._name in self.fields:
+            raise OptionsError(f"{self._name}: given twice in the form")
+        try:
+            self.fields[self._name] = self._value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"multipart field {self._name!r} is not UTF-8 text") from None
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+
+def parse_multipart_bytes(content_type: str, data: bytes, max_bytes: int) -> tuple[bytes, dict[str, str]]:
+    """A whole multipart body already in memory -> (audio bytes, fields). For the handler module."""
+    sink = io.BytesIO()
+    reader = MultipartReader(content_type, lambda: sink)
+    reader.write(data)
+    reader.finish()
+    if reader.file_bytes > max_bytes:
+        raise InputTooLargeError(f"the uploaded file is {reader.file_bytes} bytes; the limit is {max_bytes}")
+    return sink.getvalue(), reader.fields
+
+
+def parse_json_body(data: bytes | str, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """`{"audio": "<base64>", ...options}` -> (audio bytes, option fields)."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InputError('a JSON body must be an object: {"audio": "<base64>", ...options}')
+    encoded = body.pop("audio", None)
+    if not isinstance(encoded, str):
+        raise InputError('a JSON body needs an "audio" field holding the audio as base64')
+    try:
+        audio = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError('the JSON "audio" field is not valid base64') from None
+    if len(audio) > max_bytes:
+        raise InputTooLargeError(f"the audio is {len(audio)} bytes; the limit is {max_bytes} bytes")
+    return audio, body

@@ -1,0 +1,57 @@
+"""SageMaker's container contract: `GET /ping` and `POST /invocations`.
+
+`/invocations` takes the audio as the body (`audio/*`, `video/*`, `application/octet-stream`), as
+`multipart/form-data` (a file part plus option fields) or as `application/json`
+(`{"audio": "<base64>", ...options}`). Options also come from `X-Amzn-SageMaker-Custom-Attributes`;
+`Accept` picks the output format. Decoding and inference run in worker threads, so `/ping` keeps
+answering while transcriptions run.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from koe.api.deps import app_settings, ready_engine
+from koe.api.inputs import (
+    CUSTOM_ATTRIBUTES_HEADER,
+    accept_format,
+    body_kind,
+    header_options,
+    merge_options,
+    received_body,
+)
+from koe.audio import AudioLimits, decode
+from koe.formats import CONTENT_TYPES, render
+
+router = APIRouter(tags=["sagemaker"])
+
+
+@router.get("/ping", summary="Health check: 200 once the model is loaded, 503 before")
+async def ping(request: Request) -> Response:
+    ready_engine(request)
+    return Response(status_code=200)
+
+
+@router.post("/invocations", summary="Transcribe the request body")
+async def invocations(request: Request) -> Response:
+    return await transcribe_request(request)
+
+
+async def transcribe_request(request: Request) -> Response:
+    """Transcribe one request under the /invocations rules (also for the runtime API's InvokeEndpoint)."""
+    settings = app_settings(request)
+    body_kind(request.headers.get("content-type"))
+    fmt = accept_format(request.headers.get("accept"))
+    attributes = header_options(request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
+    engine = ready_engine(request)
+    limits = AudioLimits(settings.max_input_bytes, settings.max_duration_s)
+    spool = received_body(request, max_bytes=settings.max_input_bytes, spool_dir=settings.spool_dir)
+    async with spool as body:
+        options = merge_options(attributes, body.fields)
+        engine.check(options)
+        audio = await run_in_threadpool(decode, body.audio, limits)
+    transcript = await run_in_threadpool(engine.transcribe, audio, options)
+    return Response(render(transcript, fmt), media_type=CONTENT_TYPES[fmt])

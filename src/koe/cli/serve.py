@@ -1,0 +1,41 @@
+"""`koe serve`: run the HTTP endpoint (SageMaker's /ping and /invocations) on this machine."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from koe.config import Settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)
+
+
+def serve_command(
+    model: Annotated[str | None, typer.Option(help="Model name, folder or model.tar.gz.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default 8080).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    compute_type: Annotated[str | None, typer.Option(help="auto | int8 | float16 | ...")] = None,
+    max_input_bytes: Annotated[int | None, typer.Option(help="Largest accepted request body.")] = None,
+    spool_dir: Annotated[Path | None, typer.Option(help="Where request bodies are spooled.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Serve transcription over HTTP: GET /ping, POST /invocations. Ctrl-C (or SIGTERM) drains and stops."""
+    from koe.api import create_app
+    from koe.api.server import configure_logging, run
+
+    overrides: dict[str, Any] = {
+        "model": model, "host": host, "port": port, "device": device, "compute_type": compute_type,
+        "max_input_bytes": max_input_bytes, "spool_dir": spool_dir,
+    }  # fmt: skip
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging(log_level)
+    if not run(create_app(settings), settings, log_level=log_level):
+        sys.stdout.flush()
+        os._exit(1)  # forced: request threads may still be running; don't wait for them
