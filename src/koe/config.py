@@ -6,10 +6,10 @@ Nothing below this module reads the environment itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -79,3 +79,27 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(5, ge=1, le=20, description="Tries per webhook delivery (with backoff).")
     sns_success_topic: str | None = Field(None, description="SNS topic ARN for completed jobs.")
     sns_error_topic: str | None = Field(None, description="SNS topic ARN for failed jobs.")
+
+    # HTTP APIs people already use (OpenAI audio API, SageMaker runtime API) and API keys
+    max_sync_bytes: int = Field(
+        100 * 1024**2,
+        ge=1,
+        description="Largest upload on the synchronous routes (/v1/audio/*, InvokeEndpoint); larger: use async.",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="`koe serve` only: when set, every route but /ping needs `Authorization: Bearer <key>` or "
+        "`X-Api-Key: <key>` (env: comma-separated). The SageMaker container ignores it: IAM guards it.",
+    )
+    strict_endpoint_name: bool = Field(
+        False,
+        description="SageMaker runtime API: answer only for `endpoint_name` (others: ValidationError, as AWS "
+        "does for unknown endpoints). Default: any valid endpoint name, so ported code keeps its names.",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
