@@ -170,6 +170,8 @@ class MultipartReader:
     """A streaming multipart/form-data reader: the one file part goes to a sink, other parts become fields.
 
     The file part is the one with a filename, or one named `file` or `audio`; there must be exactly one.
+    An array field (a name ending in `[]`, e.g. OpenAI's `timestamp_granularities[]`) may repeat: its values
+    are joined with commas.
     """
 
     def __init__(self, content_type: str, open_sink: Callable[[], BinaryIO]) -> None:
@@ -266,12 +268,15 @@ class MultipartReader:
             return
         if not self._name:
             raise InputError("multipart/form-data part without a name")
-        if self._name in self.fields:
-            raise OptionsError(f"{self._name}: given twice in the form")
         try:
-            self.fields[self._name] = self._value.decode("utf-8")
+            value = self._value.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError(f"multipart field {self._name!r} is not UTF-8 text") from None
+        if self._name in self.fields:
+            if not self._name.endswith("[]"):
+                raise OptionsError(f"{self._name}: given twice in the form")
+            value = f"{self.fields[self._name]},{value}"
+        self.fields[self._name] = value
 
     def _on_end(self) -> None:
         self._ended = True
