@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-stress bench lint clean
+.PHONY: install browser serve test test-stress bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,15 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/koe serve
 
-test: $(STAMP)
+# Debian's Chromium + ChromeDriver for the web page's browser test (tests/test_web.py). CI runs as root.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -q && apt-get install -y -q chromium chromium-driver; \
+	else echo "make browser: no chromium/chromedriver and cannot apt-get them here; tests/test_web.py will skip"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-stress: $(STAMP)
