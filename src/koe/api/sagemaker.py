@@ -40,15 +40,17 @@ async def invocations(request: Request) -> Response:
     return await transcribe_request(request)
 
 
-async def transcribe_request(request: Request) -> Response:
-    """Transcribe one request under the /invocations rules (also for the runtime API's InvokeEndpoint)."""
+async def transcribe_request(request: Request, max_bytes: int | None = None) -> Response:
+    """Transcribe one request under the /invocations rules (also for the runtime API's InvokeEndpoint, which
+    passes its smaller synchronous limit as `max_bytes`)."""
     settings = app_settings(request)
     body_kind(request.headers.get("content-type"))
     fmt = accept_format(request.headers.get("accept"))
     attributes = header_options(request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
     engine = ready_engine(request)
-    limits = AudioLimits(settings.max_input_bytes, settings.max_duration_s)
-    spool = received_body(request, max_bytes=settings.max_input_bytes, spool_dir=settings.spool_dir)
+    limit = settings.max_input_bytes if max_bytes is None else min(max_bytes, settings.max_input_bytes)
+    limits = AudioLimits(limit, settings.max_duration_s)
+    spool = received_body(request, max_bytes=limit, spool_dir=settings.spool_dir)
     async with spool as body:
         options = merge_options(attributes, body.fields)
         engine.check(options)
