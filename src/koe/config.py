@@ -53,7 +53,9 @@ class Settings(BaseSettings):
 
     # Local async endpoint (koe serve / koe worker): queue, workers, storage, notifications
     jobs_enabled: bool = Field(
-        True, description="Run the job queue and a worker pool in `koe serve` (the SageMaker container: false)."
+        False,
+        description="Run the job queue, a worker pool and /v1/jobs in the app. `koe serve` turns it on unless "
+        "KOE_JOBS_ENABLED is set; the SageMaker container leaves it off (SageMaker has its own queue).",
     )
     endpoint_name: str = Field("local", description="Endpoint name in notifications and metrics.")
     worker_concurrency: int = Field(1, ge=0, le=64, description="Jobs one worker pool runs at once (0: none).")
