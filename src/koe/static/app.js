@@ -4,6 +4,8 @@
 
 (() => {
   const KEY_STORE = "koe.apiKey";
+  const NAMES_STORE = "koe.jobNames"; // job id -> the file's name, so a reload still shows names
+  const MAX_NAMES = 500;
   const POLL_MS = 750;
   const FINISHED = new Set(["completed", "failed", "expired", "cancelled", "rejected"]);
   const EXTENSIONS = { text: "txt", json: "json", verbose_json: "json", srt: "srt", vtt: "vtt", tsv: "tsv" };
@@ -125,6 +127,28 @@
     if (key) loadServer();
   });
 
+  // ---------------------------------------------------------------- remembered file names
+
+  function loadNames() {
+    try {
+      return JSON.parse(localStorage.getItem(NAMES_STORE) || "{}") || {};
+    } catch (_) {
+      return {};
+    }
+  }
+
+  function rememberName(id, name) {
+    const names = loadNames();
+    names[id] = name;
+    const ids = Object.keys(names);
+    for (const old of ids.slice(0, Math.max(0, ids.length - MAX_NAMES))) delete names[old];
+    try {
+      localStorage.setItem(NAMES_STORE, JSON.stringify(names));
+    } catch (_) {
+      // storage full or disabled: names are a convenience only
+    }
+  }
+
   // ---------------------------------------------------------------- formatting
 
   function clock(seconds, decimals = 1) {
@@ -242,7 +266,13 @@
     $("form-error").textContent = "";
   }
 
-  $("files").addEventListener("change", (event) => setChosen([...chosen, ...event.target.files]));
+  const fileKey = (f) => `${f.name}\u0000${f.size}\u0000${f.lastModified}`;
+  function addChosen(files) {
+    const seen = new Set(chosen.map(fileKey));
+    setChosen([...chosen, ...[...files].filter((f) => !seen.has(fileKey(f)))]);
+  }
+
+  $("files").addEventListener("change", (event) => addChosen(event.target.files));
 
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) {
@@ -257,7 +287,7 @@
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     const files = [...(event.dataTransfer ? event.dataTransfer.files : [])];
-    if (files.length) setChosen([...chosen, ...files]);
+    if (files.length) addChosen(files);
   });
   // A file dropped beside the drop zone must not navigate away from the page.
   window.addEventListener("dragover", (event) => event.preventDefault());
@@ -306,6 +336,7 @@
       jobs.delete(local);
       pending.id = view.id;
       jobs.set(view.id, pending);
+      rememberName(view.id, file.name);
       update(pending, view);
       schedulePoll(0);
     } catch (e) {
@@ -316,7 +347,8 @@
   // ---------------------------------------------------------------- the job list
 
   function addJob(view, file) {
-    const job = { id: view.id, name: file ? file.name : view.id, file, url: null, view: null, announced: null };
+    const name = file ? file.name : view.filename || loadNames()[view.id] || view.id;
+    const job = { id: view.id, name, file, url: null, view: null, announced: null };
     if (file) job.url = URL.createObjectURL(file);
     job.el = el("li", { class: "job" });
     $("jobs").prepend(job.el);
@@ -364,7 +396,7 @@
 
     job.el.dataset.status = status;
     job.el.dataset.id = job.id;
-    job.el.replaceChildren(
+    const children = [
       el(
         "div",
         { class: "job-head" },
@@ -375,7 +407,8 @@
       el("p", { class: "job-facts" }, [amount, ...parts].filter(Boolean).join(" · ")),
       error,
       actions.childElementCount ? actions : null,
-    );
+    ];
+    job.el.replaceChildren(...children.filter((child) => child != null));
 
     if (job.announced !== status && status !== "uploading") {
       if (job.announced !== null || !FINISHED.has(status)) {
