@@ -1,0 +1,31 @@
+"""The local async endpoint's jobs: model, SQLite queue, worker pool, notifications.
+
+    LocalEndpoint (endpoint.py) ── JobQueue (queue.py) ── Job / JobStatus (model.py)
+                                ├─ WorkerPool (worker.py) ── Engines (engines.py)
+                                └─ Notifier (notify.py)
+"""
+
+from koe.jobs.endpoint import LocalEndpoint
+from koe.jobs.engines import EngineHolder, Engines
+from koe.jobs.model import Job, JobRequest, JobStatus
+from koe.jobs.notify import Notifier, notification
+from koe.jobs.queue import Claim, JobQueue, QueueStats, Reaped, migrate
+from koe.jobs.worker import WorkerConfig, WorkerPool
+
+__all__ = [
+    "Claim",
+    "EngineHolder",
+    "Engines",
+    "Job",
+    "JobQueue",
+    "JobRequest",
+    "JobStatus",
+    "LocalEndpoint",
+    "Notifier",
+    "QueueStats",
+    "Reaped",
+    "WorkerConfig",
+    "WorkerPool",
+    "migrate",
+    "notification",
+]

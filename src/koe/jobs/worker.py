@@ -1,0 +1,414 @@
+"""WorkerPool: claims jobs from the queue and runs them.
+
+A pool has `concurrency` job threads and one maintenance thread. A job thread claims a job, reads its input
+from storage, decodes it within the limits, transcribes it (recording progress as audio seconds done/total),
+writes `<output location>` in the requested format and completes the job, conditional on still holding
+its lease. Errors fail the job; its failure object and notifications are the job's *effects*, done by a
+small executor (and, after a crash, by whichever process's maintenance thread finds them pending).
+
+The maintenance thread renews the leases of in-flight jobs (heartbeat), fails jobs past their invocation
+timeout, reaps the queue (lapsed leases, TTLs), performs pending effects, reports this worker as alive, and
+unloads the model after `model_idle_s` without a job: the local counterpart of scaling to zero.
+
+Shutdown is two-stage (as rq's warm and cold shutdown): the first SIGTERM stops claiming and lets in-flight
+jobs finish within the grace period, then releases what is left back to the queue; a second SIGTERM
+releases everything at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from koe.audio import AudioLimits, decode
+from koe.config import Settings
+from koe.errors import JobTimeoutError, KoeError
+from koe.formats import CONTENT_TYPES, render
+from koe.jobs.engines import Engines
+from koe.jobs.model import Job, JobErrorInfo, JobStatus
+from koe.jobs.notify import Notifier
+from koe.jobs.queue import Claim, JobQueue
+from koe.metrics import Metrics
+from koe.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from koe.transcript import Transcript
+
+logger = logging.getLogger("koe.jobs.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a pool works. Defaults match `Settings`."""
+
+    concurrency: int = 1
+    lease_s: float = 30.0
+    heartbeat_s: float = 5.0
+    poll_s: float = 0.5
+    reap_interval_s: float = 5.0
+    grace_s: float = 25.0
+    progress_interval_s: float = 0.5
+    limits: AudioLimits = field(default_factory=AudioLimits)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerConfig:
+        return cls(
+            concurrency=settings.worker_concurrency,
+            lease_s=settings.lease_s,
+            heartbeat_s=min(settings.heartbeat_s, settings.lease_s / 3),
+            poll_s=settings.poll_s,
+            reap_interval_s=settings.reap_interval_s,
+            grace_s=settings.shutdown_grace_s,
+            limits=AudioLimits(settings.max_input_bytes, settings.max_duration_s),
+        )
+
+    @property
+    def stale_s(self) -> float:
+        """A worker without a heartbeat for this long no longer counts as capacity."""
+        return max(3 * self.heartbeat_s, 10.0)
+
+
+class Aborted(Exception):
+    """Raised inside a job thread (from the progress callback) to stop working on a job."""
+
+
+@dataclass
+class Running:
+    """A job this pool is working on."""
+
+    claim: Claim
+    done_s: float = 0.0
+    total_s: float | None = None
+    flushed_at: float = 0.0
+    reason: str | None = None  # why it was aborted: release | timeout | lost
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def abort(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class WorkerPool:
+    """`concurrency` job threads and a maintenance thread over one queue. `start()`, then `stop()`."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        store: ObjectStore,
+        engines: Engines,
+        *,
+        config: WorkerConfig | None = None,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.engines = engines
+        self.config = config or WorkerConfig()
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics or Metrics()
+        self.worker_id = worker_id or new_worker_id()
+        self.in_flight: dict[str, Running] = {}
+        self._in_flight_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._forced = threading.Event()
+        self._halt = threading.Event()
+        self._signalled = threading.Event()
+        self._signals = 0
+        self._threads: list[threading.Thread] = []
+        self._effects = ThreadPoolExecutor(max_workers=2, thread_name_prefix="koe-effects")
+        engines.on_change = self._model_changed
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._report_alive()
+        for i in range(self.config.concurrency):
+            self._spawn(self._job_loop, f"koe-worker-{i}")
+        self._spawn(self._maintenance_loop, "koe-maintenance")
+        logger.info("worker %s started with %d job slot(s)", self.worker_id, self.config.concurrency)
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def wake(self) -> None:
+        """A job was just queued: idle job threads look now instead of at their next poll."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Stop claiming jobs; in-flight jobs go on."""
+        self._stopping.set()
+        self._wake.set()
+
+    def force_stop(self) -> None:
+        """Release every in-flight job back to the queue now."""
+        self._forced.set()
+        self.request_stop()
+        for running in self._running():
+            running.abort("release")
+            if self.queue.release(running.claim):
+                logger.warning("job %s released back to the queue", running.claim.job.id)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, wait up to `grace_s` for in-flight jobs, release the rest, and shut down."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self.request_stop()
+        deadline = time.monotonic() + grace
+        while self.in_flight and time.monotonic() < deadline and not self._forced.is_set():
+            time.sleep(0.05)
+        if self.in_flight:
+            self.force_stop()
+        for thread in self._threads[:-1]:
+            thread.join(timeout=2.0)
+        self._halt.set()
+        if self._threads:
+            self._threads[-1].join(timeout=5.0)
+        self._effects.shutdown(wait=True, cancel_futures=True)
+        try:
+            self.queue.worker_gone(self.worker_id)
+        except Exception:
+            logger.exception("cannot unregister worker %s", self.worker_id)
+        self.engines.close()
+        logger.info("worker %s stopped", self.worker_id)
+
+    def on_signal(self, signum: int, frame: FrameType | None = None) -> None:
+        """SIGTERM/SIGINT: the first stops claiming (graceful); the second releases everything at once."""
+        self._signals += 1
+        if self._signals == 1:
+            logger.warning("signal %d: finishing in-flight jobs (up to %.0fs)", signum, self.config.grace_s)
+            self.request_stop()
+            self._signalled.set()
+        else:
+            logger.warning("signal %d again: releasing in-flight jobs now", signum)
+            self.force_stop()
+
+    def run_until_signalled(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, then stop in two stages (the `koe worker` main loop)."""
+        previous = {sig: signal.signal(sig, self.on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self._signalled.wait(0.5):
+                pass
+            self.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _running(self) -> list[Running]:
+        with self._in_flight_lock:
+            return list(self.in_flight.values())
+
+    # -- job threads ---------------------------------------------------------------------------------
+
+    def _job_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                claim = self.queue.claim(self.worker_id, self.config.lease_s)
+            except Exception:
+                logger.exception("cannot claim a job")
+                claim = None
+            if claim is None or self._stopping.is_set():
+                if claim is not None:
+                    self.queue.release(claim)
+                self._wake.wait(self.config.poll_s)
+                self._wake.clear()
+                continue
+            self._run(claim)
+
+    def _run(self, claim: Claim) -> None:
+        job = claim.job
+        running = Running(claim, flushed_at=time.monotonic())
+        with self._in_flight_lock:
+            self.in_flight[job.id] = running
+        logger.info("job %s: started (attempt %d) by %s", job.id, job.attempts, self.worker_id)
+        if job.attempts == 1 and job.started_at is not None:
+            self.metrics.time_in_backlog.observe(max(0.0, job.started_at - job.created_at))
+        try:
+            self._run_held(running)
+        finally:
+            with self._in_flight_lock:
+                self.in_flight.pop(job.id, None)
+
+    def _run_held(self, running: Running) -> None:
+        claim = running.claim
+        job = claim.job
+        try:
+            transcript = self._transcribe(running)
+            content_type = CONTENT_TYPES[job.format]
+            body = render(transcript, job.format)
+            if running.reason:
+                raise Aborted(running.reason)
+            self.store.write(job.output_location, body.encode("utf-8"), content_type)
+            done = self.queue.complete(
+                claim, content_type=content_type, transcript_json=transcript.model_dump_json()
+            )
+        except Aborted:
+            self._aborted(running)
+            return
+        except KoeError as exc:
+            self._failed(claim, exc)
+            return
+        except Exception as exc:
+            logger.exception("job %s: unexpected error", job.id)
+            self._failed(claim, KoeError(f"internal error: {type(exc).__name__}: {exc}"))
+            return
+        if done is None:
+            logger.warning("job %s: lease lost before completion; result not recorded", job.id)
+            return
+        logger.info("job %s: completed (%.1f s of audio)", job.id, transcript.duration)
+        self.metrics.invocations_processed.inc()
+        self.metrics.audio_seconds.inc(transcript.duration)
+        if done.started_at is not None and done.finished_at is not None:
+            self.metrics.processing_time.observe(max(0.0, done.finished_at - done.started_at))
+        self._submit_effects(done)
+
+    def _transcribe(self, running: Running) -> Transcript:
+        job = running.claim.job
+        limits = self.config.limits
+        with self.store.open(job.input_location, limits.max_bytes) as stream:
+            audio = decode(stream, limits)
+        running.total_s = audio.duration
+        self._flush(running)
+
+        def progress(done_s: float, total_s: float) -> None:
+            running.done_s = done_s
+            if running.reason:
+                raise Aborted(running.reason)
+            if time.monotonic() - running.flushed_at >= self.config.progress_interval_s:
+                self._flush(running)
+
+        with self.engines.use(job.request.model) as engine:
+            if running.reason:
+                raise Aborted(running.reason)
+            engine.check(job.options)
+            return engine.transcribe(audio, job.options, progress=progress)
+
+    def _flush(self, running: Running) -> None:
+        """Renew the lease and record progress; abort the job if the deadline passed or the lease is gone."""
+        running.flushed_at = time.monotonic()
+        job = running.claim.job
+        if job.deadline_at is not None and self.queue.clock() >= job.deadline_at:
+            self._time_out(running)
+        elif not self.queue.heartbeat(
+            running.claim, self.config.lease_s, done_s=running.done_s, total_s=running.total_s
+        ):
+            running.abort("lost")
+        if running.reason:
+            raise Aborted(running.reason)
+
+    def _time_out(self, running: Running) -> None:
+        running.abort("timeout")
+        job = running.claim.job
+        error = JobTimeoutError(f"the job ran past its invocation timeout of {job.request.timeout_s:g} s")
+        self._failed(running.claim, error)
+
+    def _aborted(self, running: Running) -> None:
+        job = running.claim.job
+        if running.reason == "release":
+            if self.queue.release(running.claim):
+                logger.warning("job %s released back to the queue", job.id)
+        elif running.reason == "lost":
+            logger.warning("job %s: lease lost (reaped or timed out); stopped", job.id)
+        else:
+            logger.warning("job %s: stopped (%s)", job.id, running.reason)
+
+    def _failed(self, claim: Claim, error: KoeError) -> None:
+        failed = self.queue.fail(claim, error)
+        if failed is None:
+            return
+        logger.warning("job %s: failed: %s: %s", failed.id, error.type, error.message)
+        self.metrics.invocation_failures.inc()
+        self._submit_effects(failed)
+
+    # -- effects: failure objects and notifications ------------------------------------------------
+
+    def _submit_effects(self, job: Job) -> None:
+        try:
+            self._effects.submit(self._do_effects, job)
+        except RuntimeError:  # the executor is shut down: do it here
+            self._do_effects(job)
+
+    def _do_effects(self, job: Job) -> None:
+        try:
+            run_effects(job, self.store, self.notifier, self.queue, self.metrics)
+        except Exception:
+            logger.exception("job %s: effects failed; they will be retried", job.id)
+
+    # -- maintenance ---------------------------------------------------------------------------------
+
+    def _maintenance_loop(self) -> None:
+        config = self.config
+        tick = min(config.heartbeat_s, config.reap_interval_s, 1.0)
+        next_beat = next_reap = 0.0
+        while not self._halt.wait(tick if next_beat else 0):
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    next_beat = now + config.heartbeat_s
+                    self._heartbeat_all()
+                    self._report_alive()
+                if now >= next_reap:
+                    next_reap = now + config.reap_interval_s
+                    self.reap()
+                self.engines.unload_if_idle()
+            except Exception:
+                logger.exception("maintenance failed; retrying")
+
+    def _heartbeat_all(self) -> None:
+        for running in self._running():
+            with contextlib.suppress(Aborted):  # the job thread sees `reason` at its next progress call
+                self._flush(running)
+
+    def reap(self) -> None:
+        """Reap the queue, then do the effects of jobs finished by any process that did not do them."""
+        reaped = self.queue.reap()
+        self.metrics.invocation_failures.inc(len(reaped.failed))
+        self.metrics.expired_requests.inc(len(reaped.expired))
+        for job in self.queue.claim_effects():
+            self._submit_effects(job)
+
+    def _report_alive(self) -> None:
+        self.queue.worker_heartbeat(
+            self.worker_id, concurrency=self.config.concurrency, models_loaded=self.engines.loaded
+        )
+
+    def _model_changed(self, loaded: bool) -> None:
+        if loaded:
+            self.metrics.model_loads.inc()
+        try:
+            self._report_alive()
+        except Exception:
+            logger.exception("cannot record the model state")
+
+
+def run_effects(job: Job, store: ObjectStore, notifier: Notifier, queue: JobQueue, metrics: Metrics) -> None:
+    """A finished job's effects: its failure object (failed or expired), then its notifications."""
+    if job.status in (JobStatus.FAILED, JobStatus.EXPIRED):
+        error = job.error or JobErrorInfo(type="internal_error", message=f"the job {job.status.value}")
+        body = {"error": error.model_dump()}  # the shape of koe.errors.error_body
+        store.write(job.failure_location, json.dumps(body).encode("utf-8"), "application/json")
+    failures = notifier.notify(job)
+    if failures:
+        metrics.notification_failures.inc(failures)
+    queue.effects_done(job.id)
