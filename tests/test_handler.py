@@ -1,6 +1,6 @@
-"""The handler module through the real sagemaker-inference toolkit (DefaultHandlerService -> Transformer), the
-way TorchServe drives it in the PyTorch container: code/inference.py found through SAGEMAKER_PROGRAM, a request
-context carrying the headers, and the response status and content type read back from that context."""
+"""The handler module through the real sagemaker-inference toolkit (DefaultHandlerService -> Transformer),
+the way TorchServe drives it in the PyTorch container: code/inference.py found through SAGEMAKER_PROGRAM, a
+request context carrying the headers, and the response status and content type read back from that context."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class RequestProcessor:
 
 
 class Context:
-    """TorchServe's per-worker context (ts.context.Context's interface): one object reused for every request."""
+    """TorchServe's per-worker context (ts.context.Context's interface), reused for every request."""
 
     def __init__(self, model_dir: Path) -> None:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 1}
