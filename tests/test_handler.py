@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,16 @@ def test_functions_work_directly_without_a_context(engine: Engine, jfk: Path) ->
     body, content_type = handler.output_fn(prediction, "text/tab-separated-values")
     assert content_type == "text/tab-separated-values; charset=utf-8"
     assert JFK_WORDS in words(body.decode())
+
+
+def test_each_worker_is_pinned_to_the_gpu_torchserve_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    context = Context(Path("/opt/ml/model"))
+    handler.pin_gpu(context)  # gpu_id None: a CPU worker
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    context.system_properties["gpu_id"] = 1
+    handler.pin_gpu(context)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    context.system_properties["gpu_id"] = 0
+    handler.pin_gpu(context)  # an explicit choice is kept
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -65,6 +66,7 @@ class Failure:
 
 def model_fn(model_dir: str, context: Any = None) -> Engine:
     """Load the model SageMaker unpacked into `model_dir` (KOE_MODEL overrides; KOE_* settings apply)."""
+    pin_gpu(context)
     settings = _settings()
     model = settings.model if "model" in settings.model_fields_set else model_dir
     return Engine.from_settings(settings, model=model)
@@ -101,6 +103,15 @@ def output_fn(prediction: Any, accept: str | None, context: Any = None) -> tuple
     except KoeError as exc:
         return _error_response(exc, context)
     return render(prediction.transcript, fmt).encode("utf-8"), CONTENT_TYPES[fmt]
+
+
+def pin_gpu(context: Any) -> None:
+    """Keep this model-server worker on the GPU TorchServe gave it (one worker per GPU), unless the
+    visible devices were chosen already. Runs before anything in the worker touches CUDA."""
+    properties = getattr(context, "system_properties", None) or {}
+    gpu_id = properties.get("gpu_id") if isinstance(properties, dict) else None
+    if gpu_id is not None and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_id)
 
 
 def _settings() -> Settings:
