@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from koe import __version__
-from koe.api import sagemaker
+from koe.api import auth, jobs, metrics, openai, runtime, sagemaker
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, ModelUnavailableError, error_body, http_status
@@ -35,7 +35,13 @@ logger = logging.getLogger("koe.api")
 EngineFactory = Callable[[Settings], Engine]
 """Builds the Engine from the settings (blocking; it runs in a worker thread)."""
 
-DEFAULT_ROUTERS: tuple[APIRouter, ...] = (sagemaker.router,)
+DEFAULT_ROUTERS: tuple[APIRouter, ...] = (
+    sagemaker.router,
+    jobs.router,
+    metrics.router,
+    openai.router,
+    runtime.router,
+)
 
 _HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -59,6 +65,7 @@ def create_app(
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
+    auth.install(app, settings)  # API keys (koe serve only; the container's settings carry none)
     return app
 
 
@@ -69,11 +76,18 @@ def _default_factory(settings: Settings) -> Engine:
 def _lifespan(factory: EngineFactory) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load_engine(app, factory))
+        # The local endpoint (settings.jobs_enabled: `koe serve`) loads models on demand and unloads them
+        # when idle; otherwise the model loads now, for /ping.
+        local = app.state.settings.jobs_enabled
+        if local:
+            await jobs.start_jobs(app, factory)
+        loading = None if local else asyncio.create_task(_load_engine(app, factory))
         try:
             yield
         finally:
-            loading.cancel()
+            if loading is not None:
+                loading.cancel()
+            await jobs.stop_jobs(app)
             # Requests still running in threads keep their own reference to the engine; dropping ours lets
             # the model go when the last of them finishes.
             app.state.engine = None

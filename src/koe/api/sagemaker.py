@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from koe.api.deps import app_settings, ready_engine
+from koe.api.deps import app_settings, check_health, engine_for
 from koe.api.inputs import (
     CUSTOM_ATTRIBUTES_HEADER,
     accept_format,
@@ -31,7 +31,7 @@ router = APIRouter(tags=["sagemaker"])
 
 @router.get("/ping", summary="Health check: 200 once the model is loaded, 503 before")
 async def ping(request: Request) -> Response:
-    ready_engine(request)
+    check_health(request)
     return Response(status_code=200)
 
 
@@ -47,7 +47,7 @@ async def transcribe_request(request: Request, max_bytes: int | None = None) -> 
     body_kind(request.headers.get("content-type"))
     fmt = accept_format(request.headers.get("accept"))
     attributes = header_options(request.headers.get(CUSTOM_ATTRIBUTES_HEADER))
-    engine = ready_engine(request)
+    engine = await engine_for(request)
     limit = settings.max_input_bytes if max_bytes is None else min(max_bytes, settings.max_input_bytes)
     limits = AudioLimits(limit, settings.max_duration_s)
     spool = received_body(request, max_bytes=limit, spool_dir=settings.spool_dir)

@@ -1,8 +1,8 @@
 """The local async endpoint's jobs: model, SQLite queue, worker pool, notifications.
 
-    LocalEndpoint (endpoint.py) ── JobQueue (queue.py) ── Job / JobStatus (model.py)
-                                ├─ WorkerPool (worker.py) ── Engines (engines.py)
-                                └─ Notifier (notify.py)
+LocalEndpoint (endpoint.py) ── JobQueue (queue.py) ── Job / JobStatus (model.py)
+                            ├─ WorkerPool (worker.py) ── Engines (engines.py)
+                            └─ Notifier (notify.py)
 """
 
 from koe.jobs.endpoint import LocalEndpoint

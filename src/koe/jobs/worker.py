@@ -134,6 +134,7 @@ class WorkerPool:
         self._halt = threading.Event()
         self._signalled = threading.Event()
         self._signals = 0
+        self._stop_requested_at: float | None = None
         self._threads: list[threading.Thread] = []
         self._effects = ThreadPoolExecutor(max_workers=2, thread_name_prefix="koe-effects")
         engines.on_change = self._model_changed
@@ -158,6 +159,8 @@ class WorkerPool:
 
     def request_stop(self) -> None:
         """Stop claiming jobs; in-flight jobs go on."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stopping.set()
         self._wake.set()
 
@@ -174,7 +177,8 @@ class WorkerPool:
         """Stop claiming, wait up to `grace_s` for in-flight jobs, release the rest, and shut down."""
         grace = self.config.grace_s if grace_s is None else grace_s
         self.request_stop()
-        deadline = time.monotonic() + grace
+        assert self._stop_requested_at is not None
+        deadline = self._stop_requested_at + grace  # the grace period runs from the first signal
         while self.in_flight and time.monotonic() < deadline and not self._forced.is_set():
             time.sleep(0.05)
         if self.in_flight:
