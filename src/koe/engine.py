@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import ctranslate2
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.vad import VadOptions
 
 from koe.audio import Audio
+from koe.batcher import Batcher
 from koe.config import Settings, default_cache_dir
 from koe.errors import EngineError, ModelUnavailableError, OptionsError
 from koe.models import resolve
 from koe.options import TranscribeOptions
+from koe.pipeline import Answer, BatchedResult, ChunkJob, make_batcher, transcribe_batched
 from koe.transcript import Segment, Transcript, Word
 
 logger = logging.getLogger("koe.engine")
@@ -69,6 +71,8 @@ class Engine:
         self.batch_size = batch_size
         self.multilingual: bool = bool(model.model.is_multilingual)
         self._closed = threading.Event()
+        self._batcher: Batcher[ChunkJob, Answer] | None = None
+        self._batcher_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -137,10 +141,11 @@ class Engine:
         mode = self.resolve_mode(options)
         try:
             if mode == "batched":
-                segments, info = self._batched(audio, options)
+                segments, info = self._batched(audio, options, progress)
+                result = _collect(segments, audio.duration, None)  # progress was reported chunk by chunk
             else:
                 segments, info = self._sequential(audio, options)
-            result = _collect(segments, audio.duration, progress)
+                result = _collect(segments, audio.duration, progress)
         except (RuntimeError, ValueError) as exc:
             raise EngineError(f"transcription failed: {exc}") from exc
         if progress:
@@ -173,23 +178,29 @@ class Engine:
             audio.samples, vad_parameters=vad_parameters(options), **self._common_kwargs(options)
         )
 
-    def _batched(self, audio: Audio, options: TranscribeOptions) -> tuple[Iterable[FwSegment], Any]:
-        pipeline = BatchedInferencePipeline(self.model)  # holds per-call state: one per call
-        params = vad_parameters(options)
-        # Without VAD the batched pipeline needs the chunks spelled out: plain 30 s windows.
-        windows = None if options.vad else fixed_windows(audio.duration)
-        return pipeline.transcribe(
-            audio.samples,
-            batch_size=options.batch_size or self.batch_size,
-            vad_parameters={k: v for k, v in vars(params).items() if k != "max_speech_duration_s"},
-            clip_timestamps=windows,
-            without_timestamps=False,
-            **self._common_kwargs(options),
-        )
+    @property
+    def batcher(self) -> Batcher[ChunkJob, Answer]:
+        """The cross-request batcher of this model (started on first use): every batched request of every
+        thread shares its batches."""
+        with self._batcher_lock:
+            if self._batcher is None:
+                if self._closed.is_set():
+                    raise EngineError("the engine is closed")
+                self._batcher = make_batcher(self.model, self.batch_size)
+            return self._batcher
+
+    def _batched(
+        self, audio: Audio, options: TranscribeOptions, progress: Progress | None = None
+    ) -> tuple[Iterable[FwSegment], BatchedResult]:
+        result = transcribe_batched(self.model, self.batcher, audio.samples, options, progress)
+        return result.segments, result
 
     def close(self) -> None:
         """Release the model (its GPU or CPU memory goes when the last reference does)."""
         self._closed.set()
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher.close()
         self.model.model.unload_model()
 
 
