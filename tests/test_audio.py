@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media import encode_audio, video_only, video_with_audio
 
 from koe.audio import SAMPLE_RATE, AudioLimits, decode
 from koe.errors import (
@@ -20,6 +19,7 @@ from koe.errors import (
     NoAudioStreamError,
     UndecodableAudioError,
 )
+from media import encode_audio, video_only, video_with_audio
 
 
 @pytest.fixture(scope="module")

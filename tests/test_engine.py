@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import jiwer
@@ -74,7 +75,7 @@ def test_modes_agree_and_segments_are_well_formed(engine, jfk: Path) -> None:  #
         ends = [s.end for s in t.segments]
         assert all(0 <= s.start < s.end <= 11.01 for s in t.segments) and ends == sorted(ends)
         words = t.words
-        assert words and all(a.start <= b.start for a, b in zip(words, words[1:], strict=False))
+        assert words and all(a.start <= b.start for a, b in itertools.pairwise(words))
         texts[mode] = t.text
     assert wer(texts["sequential"], texts["batched"]) <= 0.1
 

@@ -90,10 +90,13 @@ def test_many_segments_and_hours() -> None:
     assert json.loads(render(t, "verbose_json"))["language"] == "japanese"
     # The cue separator inside text must not break a parser.
     t2 = Transcript.from_segments(
-        [Segment(id=0, start=0, end=1, text=" a --> b")], language="en", language_probability=1, duration=1,
+        [Segment(id=0, start=0, end=1, text=" a --> b")],
+        language="en",
+        language_probability=1,
+        duration=1,
         task="transcribe",
     )
-    assert list(srt.parse(render(t2, "srt")))[0].content == "a -> b"
+    assert next(iter(srt.parse(render(t2, "srt")))).content == "a -> b"
 
 
 def test_format_names_and_accept() -> None:

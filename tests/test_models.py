@@ -20,7 +20,10 @@ def test_tiny_en_is_bundled(tmp_path: Path) -> None:
 
 
 def test_base_is_joined_once_by_racing_processes(tmp_path: Path) -> None:
-    code = "import sys; from pathlib import Path; from koe.models import resolve; print(resolve('base', Path(sys.argv[1])))"
+    code = (
+        "import sys; from pathlib import Path; from koe.models import resolve; "
+        "print(resolve('base', Path(sys.argv[1])))"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
              for _ in range(3)]  # fmt: skip
     outs = {p.communicate(timeout=120)[0].strip() for p in procs}
@@ -55,7 +58,7 @@ def test_bad_folders_and_archives(tmp_path: Path) -> None:
         readme = tmp_path / "README"
         readme.write_text("hi")
         tar.add(readme, arcname="README")
-    with pytest.raises(ModelUnavailableError, match="no model.bin"):
+    with pytest.raises(ModelUnavailableError, match=r"no model\.bin"):
         resolve(str(junk), tmp_path / "c")
 
 

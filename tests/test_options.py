@@ -26,7 +26,12 @@ def test_strings_are_coerced() -> None:
     o = parse_options({"language": "JA", "beam_size": "3", "word_timestamps": "true", "temperature": "0|0.4",
                        "vad": "false", "batch_size": "8", "mode": "batched"})  # fmt: skip
     assert (o.language, o.beam_size, o.word_timestamps, o.temperature, o.vad, o.batch_size) == (
-        "ja", 3, True, (0.0, 0.4), False, 8,
+        "ja",
+        3,
+        True,
+        (0.0, 0.4),
+        False,
+        8,
     )
     assert parse_options({"language": "auto"}).language is None
     assert parse_options({"temperature": 0.2}).temperature == (0.2,)

@@ -118,9 +118,7 @@ def _decode_stream(container: av.container.InputContainer, limits: AudioLimits) 
             chunk = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             total += chunk.size
             if total > max_samples:
-                raise AudioTooLongError(
-                    f"the audio is longer than the limit of {limits.max_duration_s:g} seconds"
-                )
+                raise AudioTooLongError(f"the audio is longer than the limit of {limits.max_duration_s:g} seconds")
             yield chunk
     if decoded_any:
         for out in resampler.resample(None):

@@ -138,9 +138,7 @@ def write_vtt(t: Transcript) -> str:
 
 def write_tsv(t: Transcript) -> str:
     rows = ["start\tend\ttext"]
-    rows += [
-        f"{round(start * 1000)}\t{round(end * 1000)}\t{' '.join(text.split())}" for start, end, text in _cues(t)
-    ]
+    rows += [f"{round(start * 1000)}\t{round(end * 1000)}\t{' '.join(text.split())}" for start, end, text in _cues(t)]
     return "\n".join(rows) + "\n"
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from koe.audio import AudioLimits, decode
@@ -18,6 +19,7 @@ from koe.engine import Engine
 from koe.errors import KoeError
 from koe.formats import EXTENSIONS, check_format, render
 from koe.options import TranscribeOptions, parse_options
+from koe.transcript import Transcript
 
 err = Console(stderr=True)
 
@@ -52,15 +54,20 @@ def transcribe_command(
 ) -> None:
     """Transcribe FILE... and print (or write) the transcripts. Exit code 1 if any file failed."""
     overrides = {"model": model, "device": device, "compute_type": compute_type}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
     try:
         formats = [check_format(f.strip()) for f in fmt.split(",") if f.strip()]
         options = parse_options(
             {
-                "language": language, "task": task, "batch_size": batch_size, "mode": mode,
-                "beam_size": beam_size, "word_timestamps": word_timestamps, "vad": vad,
+                "language": language,
+                "task": task,
+                "batch_size": batch_size,
+                "mode": mode,
+                "beam_size": beam_size,
+                "word_timestamps": word_timestamps,
+                "vad": vad,
                 "initial_prompt": initial_prompt,
-            }  # fmt: skip
+            }
         )
         engine = Engine.from_settings(settings)
         engine.check(options)
@@ -78,7 +85,7 @@ def _run_all(
     engine: Engine,
     files: list[Path],
     options: TranscribeOptions,
-    formats: list[str],
+    formats: Sequence[str],
     output_dir: Path | None,
     limits: AudioLimits,
 ) -> list[Outcome]:
@@ -93,9 +100,7 @@ def _run_all(
                 audio = decode(path, limits)
                 outcome.duration = audio.duration
                 bar.update(task, total=audio.duration)
-                transcript = engine.transcribe(
-                    audio, options, progress=lambda done, total, t=task: bar.update(t, completed=done)
-                )
+                transcript = engine.transcribe(audio, options, progress=_updater(bar, task))
                 _emit(transcript, path, formats, output_dir)
             except KoeError as exc:
                 outcome.error = exc.message
@@ -106,10 +111,14 @@ def _run_all(
     return outcomes
 
 
-def _emit(transcript: object, path: Path, formats: list[str], output_dir: Path | None) -> None:
-    from koe.transcript import Transcript
+def _updater(bar: Progress, task: TaskID) -> Callable[[float, float], None]:
+    def update(done: float, total: float) -> None:
+        bar.update(task, completed=done)
 
-    assert isinstance(transcript, Transcript)
+    return update
+
+
+def _emit(transcript: Transcript, path: Path, formats: Sequence[str], output_dir: Path | None) -> None:
     for fmt in formats:
         body = render(transcript, fmt)
         if output_dir is None:
