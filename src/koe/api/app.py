@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from koe import __version__
-from koe.api import auth, jobs, metrics, openai, runtime, sagemaker
+from koe.api import auth, jobs, metrics, openai, runtime, sagemaker, web
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, ModelUnavailableError, error_body, http_status
@@ -41,6 +41,7 @@ DEFAULT_ROUTERS: tuple[APIRouter, ...] = (
     metrics.router,
     openai.router,
     runtime.router,
+    web.router,
 )
 
 _HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed"}

@@ -1,17 +1,26 @@
 """The web page: `GET /` and its static files (src/koe/static), for people who open the endpoint in a browser.
 
 The page holds no data and calls the jobs API from the browser, so it is served without an API key (a
-browser cannot send one when it loads a page); the API calls it makes carry the key. The routes stay out of
-the OpenAPI schema: they are not part of the API.
+browser cannot send one when it loads a page); the API calls it makes carry the key. One helper route,
+`GET /v1/web/models` (behind the key like every /v1 route), names the models a job may ask for: the served
+one and every model usable here without a download. The routes stay out of the OpenAPI schema: they are the
+page's, not part of the API.
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+
+from koe.api.deps import app_settings
+from koe.config import Settings
+from koe.models import list_models
 
 router = APIRouter(tags=["web"])
 
@@ -41,17 +50,33 @@ def asset(name: str) -> bytes:
     return resources.files("koe").joinpath("static", name).read_bytes()
 
 
-def _response(name: str) -> Response:
+def _response(request: Request, name: str) -> Response:
+    if not app_settings(request).jobs_enabled:  # the SageMaker container: no jobs API for the page to call
+        raise HTTPException(404, "the web page runs with the local endpoint (koe serve)")
     return Response(asset(name), media_type=ASSETS[name], headers=HEADERS)
 
 
 @router.get("/", include_in_schema=False)
-async def index() -> Response:
-    return _response("index.html")
+async def index(request: Request) -> Response:
+    return _response(request, "index.html")
 
 
 @router.get("/static/{name}", include_in_schema=False)
-async def static(name: str) -> Response:
+async def static(request: Request, name: str) -> Response:
     if name not in ASSETS:
         raise HTTPException(404, f"no static file {name!r}")
-    return _response(name)
+    return _response(request, name)
+
+
+def job_models(settings: Settings) -> dict[str, Any]:
+    """The server's model first, then every other model koe can load here without a download."""
+    others = [m.name for m in list_models(settings.cache_dir) if m.ready and m.name != settings.model]
+    return {"default": settings.model, "models": [settings.model, *others]}
+
+
+@router.get("/v1/web/models", include_in_schema=False)
+async def models(request: Request) -> dict[str, Any]:
+    settings = app_settings(request)
+    if not settings.jobs_enabled:
+        raise HTTPException(404, "the web page runs with the local endpoint (koe serve)")
+    return await run_in_threadpool(job_models, settings)

@@ -193,17 +193,12 @@
   async function loadServer() {
     const server = $("server");
     try {
-      const body = await json("v1/models");
-      const models = (body.data || body.models || []).map((m) => (typeof m === "string" ? m : m.id));
-      fillModels(models.filter((m) => m && m !== "whisper-1"));
+      const body = await json("v1/web/models");
+      fillModels(body.default, body.models || []);
       server.textContent = "Ready";
     } catch (e) {
-      if (e.status === 404) {
-        fillModels([]);
-        server.textContent = "Ready";
-      } else {
-        server.textContent = `Server: ${e.message}`;
-      }
+      fillModels(null, []);
+      server.textContent = e.status === 404 ? "Ready" : `Server: ${e.message}`;
     }
     try {
       const body = await json("v1/jobs?limit=50");
@@ -215,11 +210,11 @@
     }
   }
 
-  function fillModels(models) {
+  function fillModels(served, models) {
     const select = $("model");
     const previous = select.value;
-    select.replaceChildren(el("option", { value: "" }, "Server default"));
-    for (const name of models) select.append(el("option", { value: name }, name));
+    select.replaceChildren(el("option", { value: "" }, served ? `${served} (served)` : "Server default"));
+    for (const name of models) if (name !== served) select.append(el("option", { value: name }, name));
     if ([...select.options].some((o) => o.value === previous)) select.value = previous;
   }
 
@@ -368,9 +363,11 @@
     const now = Date.now() / 1000;
 
     const parts = [];
-    const queued = timings.time_in_backlog_s != null
-      ? timings.time_in_backlog_s
-      : status === "queued" && view.created_at ? Math.max(0, now - view.created_at) : null;
+    let queued = timings.time_in_backlog_s;
+    if (queued == null && view.created_at) {
+      if (status === "queued") queued = Math.max(0, now - view.created_at);
+      else if (view.started_at) queued = Math.max(0, view.started_at - view.created_at);
+    }
     if (queued != null) parts.push(`${status === "queued" ? "waiting" : "in queue"} ${duration(queued)}`);
     if (status === "running" && view.started_at) parts.push(`running ${duration(Math.max(0, now - view.started_at))}`);
     if (status === "completed" && timings.processing_s && total) {
