@@ -415,14 +415,20 @@ def test_temporary_files_are_gone_after_every_path(server: str, spool_dir: Path,
     assert list(spool_dir.iterdir()) == []
 
 
-# --- graceful shutdown (`koe serve` in a subprocess) ---------------------------------------------------
+# --- graceful shutdown (the container entry in a subprocess) ------------------------------------------
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(tmp_path: Path) -> None:
     port = free_port()
-    command = python_command("-m", "koe", "serve", "--model", "tiny.en", "--port", str(port))
-    command += ["--device", "cpu"]
-    with server_process(command, {"KOE_CPU_THREADS": "2"}, port, tmp_path / "serve.log") as (url, process):
+    env = {
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "KOE_HOST": "127.0.0.1",
+        "KOE_MODEL": "tiny.en",
+        "KOE_DEVICE": "cpu",
+        "KOE_CPU_THREADS": "2",
+    }
+    command = python_command("-m", "koe.container", "serve")
+    with server_process(command, env, port, tmp_path / "serve.log") as (url, process):
         wait_ready(url, process=process)
         data = (AUDIO / LONG_CLIP).read_bytes()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
