@@ -144,9 +144,7 @@ def test_multipart_body_with_option_fields(server: str, jfk_bytes: bytes) -> Non
 
 def test_json_body_with_base64_audio_and_options(server: str, jfk_bytes: bytes) -> None:
     payload = {"audio": base64.b64encode(jfk_bytes).decode(), "beam_size": 1, "temperature": [0.0, 0.2]}
-    response = httpx.post(
-        f"{server}/invocations", json=payload, headers={"Accept": "text/plain"}, timeout=120
-    )
+    response = httpx.post(f"{server}/invocations", json=payload, headers={"Accept": "text/plain"}, timeout=120)
     assert response.status_code == 200, response.text
     assert JFK_WORDS in words(response.text)
 
@@ -317,18 +315,13 @@ ERROR_CASES: list[tuple[str, dict[str, str], bytes, int, str]] = [
 @pytest.mark.parametrize(
     ("headers", "content", "status", "kind"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
 )
-def test_error_codes_and_bodies(
-    server: str, headers: dict[str, str], content: bytes, status: int, kind: str
-) -> None:
+def test_error_codes_and_bodies(server: str, headers: dict[str, str], content: bytes, status: int, kind: str) -> None:
     assert_error(post(server, content, headers=headers), status, kind)
 
 
 def test_option_the_model_cannot_honour_is_422(server: str, jfk_bytes: bytes) -> None:
     headers = {"Content-Type": "audio/flac", "X-Amzn-SageMaker-Custom-Attributes": "language=ja"}
-    assert (
-        "English-only"
-        in assert_error(post(server, jfk_bytes, headers=headers), 422, "invalid_option")["message"]
-    )
+    assert "English-only" in assert_error(post(server, jfk_bytes, headers=headers), 422, "invalid_option")["message"]
 
 
 def test_streamed_body_over_the_limit_is_cut_off_with_413(server: str) -> None:
@@ -377,9 +370,7 @@ def test_failures_inside_inference_are_500_without_traceback(
 def test_concurrent_invocations_share_one_engine(server: str) -> None:
     def invoke(clip: str) -> str:
         data = (AUDIO / clip).read_bytes()
-        response = post(
-            server, data, headers={"Content-Type": "application/octet-stream", "Accept": "text/plain"}
-        )
+        response = post(server, data, headers={"Content-Type": "application/octet-stream", "Accept": "text/plain"})
         assert response.status_code == 200, response.text
         return response.text
 

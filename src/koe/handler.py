@@ -118,9 +118,7 @@ def _settings() -> Settings:
     return Settings.model_validate({})  # KOE_* from the environment: the handler's edge
 
 
-def _read_input(
-    data: bytes | bytearray | str, content_type: str | None, headers: dict[str, str]
-) -> Invocation:
+def _read_input(data: bytes | bytearray | str, content_type: str | None, headers: dict[str, str]) -> Invocation:
     settings = _settings()
     kind = body_kind(content_type)
     fmt = accept_format(headers["accept"]) if headers.get("accept") else None

@@ -67,9 +67,7 @@ def runtime_requirements() -> list[str]:
     try:
         declared = requires("koe") or []
     except PackageNotFoundError:  # pragma: no cover - koe runs from an installed distribution
-        raise ModelUnavailableError(
-            "koe is not installed as a package; cannot list its requirements"
-        ) from None
+        raise ModelUnavailableError("koe is not installed as a package; cannot list its requirements") from None
     keep = []
     for requirement in declared:
         if "extra ==" in requirement:
@@ -89,11 +87,7 @@ def _model_files(source: Path) -> Iterator[Path]:
 
 def _source_files(package_dir: Path) -> Iterator[Path]:
     for path in sorted(package_dir.rglob("*")):
-        if (
-            path.is_file()
-            and (path.suffix == ".py" or path.name == "py.typed")
-            and "__pycache__" not in path.parts
-        ):
+        if path.is_file() and (path.suffix == ".py" or path.name == "py.typed") and "__pycache__" not in path.parts:
             yield path
 
 

@@ -58,9 +58,7 @@ def body_kind(content_type: str | None) -> BodyKind:
         return "multipart"
     if media == "application/json":
         return "json"
-    raise UnsupportedMediaTypeError(
-        f"unsupported Content-Type {content_type!r}; use one of: {ACCEPTED_CONTENT_TYPES}"
-    )
+    raise UnsupportedMediaTypeError(f"unsupported Content-Type {content_type!r}; use one of: {ACCEPTED_CONTENT_TYPES}")
 
 
 def accept_format(accept: str | None) -> Format:
