@@ -58,6 +58,9 @@ def container_settings(environ: Mapping[str, str] | None = None) -> Settings:
         updates["port"] = DEFAULT_PORT
     if "model" not in given:
         updates["model"] = str(default_model_dir())
+    if settings.api_keys:  # IAM guards the container; SageMaker never forwards an Authorization header to it
+        logger.warning("KOE_API_KEYS is ignored in the SageMaker container: IAM authenticates InvokeEndpoint")
+        updates["api_keys"] = []
     return settings.model_copy(update=updates)
 
 

@@ -5,7 +5,7 @@ A request presents its key as `Authorization: Bearer <key>` (what the openai cli
 `X-Api-Key: <key>` (for boto3: its SigV4 signature takes the `Authorization` header, so add the key with an
 event hook, see docs/apis.md). Keys are compared with `hmac.compare_digest`, against every configured key.
 A missing or wrong key is a 401 in the dialect of the route it was meant for: OpenAI's error shape under
-/v1/, botocore's (`X-Amzn-ErrorType`) under /endpoints/, koe's everywhere else.
+/v1/audio/ and /v1/models, botocore's (`X-Amzn-ErrorType`) under /endpoints/, koe's everywhere else.
 
 The check is ASGI middleware, so it runs before any body is read: an unauthenticated 1 GB upload costs
 nothing.
@@ -104,7 +104,7 @@ def unauthorized(path: str, message: str, *, missing: bool) -> JSONResponse:
     from koe.api import openai, runtime
 
     headers = {"WWW-Authenticate": 'Bearer realm="koe"'}
-    if path.startswith("/v1/"):
+    if path.startswith(openai.PATH_PREFIXES):
         code = "missing_api_key" if missing else "invalid_api_key"
         return JSONResponse(openai.error_json(401, message, code=code), status_code=401, headers=headers)
     if path.startswith("/endpoints/"):

@@ -66,6 +66,8 @@ from koe.transcript import Segment, Transcript, join_text
 logger = logging.getLogger("koe.api.openai")
 
 WHISPER_1 = "whisper-1"
+PATH_PREFIXES = ("/v1/audio/", "/v1/models")
+"""The paths of this API (the rest of /v1/ is koe's own: jobs, the web page's helpers)."""
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
 ASYNC_HINT = (
