@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from koe.cli import jobs, models, package, serve, transcribe
+from koe.cli import deploy, jobs, models, package, serve, transcribe
 
 app = typer.Typer(
     name="koe",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (transcribe, models, serve, package, jobs):
+for module in (transcribe, models, serve, package, deploy, jobs):
     module.register(app)
 
 

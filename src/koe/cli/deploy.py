@@ -1,0 +1,278 @@
+"""`koe image / deploy / invoke / status / destroy / iam-policy`: thin wrappers over koe.deploy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from koe.config import Settings
+from koe.deploy import image as image_lib
+from koe.deploy import invoke as invoke_lib
+from koe.deploy import status as status_lib
+from koe.deploy.aws import Aws
+from koe.deploy.iam import TRUST_POLICY, ensure_role, execution_policy, role_name_for, scope_for
+from koe.deploy.plan import Plan, describe_instruction, execute, plan_deploy, plan_destroy, render_plan
+from koe.deploy.spec import (
+    DEFAULT_AMI_VERSION,
+    DEFAULT_INSTANCE_TYPE,
+    DeploySpec,
+    check_name,
+    parse_environment,
+)
+from koe.errors import KoeError, OptionsError
+from koe.options import parse_options
+
+err = Console(stderr=True)
+
+Region = Annotated[str | None, typer.Option(help="AWS region (default: AWS_REGION / your profile's).")]
+Profile = Annotated[str | None, typer.Option(help="AWS profile.")]
+EndpointUrl = Annotated[
+    str | None,
+    typer.Option(envvar="KOE_AWS_ENDPOINT_URL", help="Send every AWS call here (an emulator such as moto)."),
+]
+Name = Annotated[str, typer.Option("--name", "-n", help="Endpoint name.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("image")(image_command)
+    app.command("deploy")(deploy_command)
+    app.command("invoke")(invoke_command)
+    app.command("status")(status_command)
+    app.command("destroy")(destroy_command)
+    app.command("iam-policy")(iam_policy_command)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """koe errors end the command with their message: exit 2 for bad options, 1 for everything else."""
+    try:
+        yield
+    except KoeError as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2 if isinstance(exc, OptionsError) else 1) from None
+
+
+def _aws(region: str | None, profile: str | None, endpoint_url: str | None) -> Aws:
+    return Aws.connect(region=region, profile=profile, endpoint_url=endpoint_url)
+
+
+def image_command(
+    push: Annotated[bool, typer.Option(help="Push to ECR (creating the repository when missing).")] = False,
+    repository: Annotated[str, typer.Option(help="ECR repository / local image name.")] = "koe",
+    tag: Annotated[str, typer.Option(help="Image tag.")] = "latest",
+    dockerfile: Annotated[Path, typer.Option(help="Dockerfile to build.")] = Path("docker/Dockerfile"),
+    context: Annotated[Path, typer.Option(help="Build context (koe's source checkout).")] = Path("."),
+    platform: Annotated[str, typer.Option(help="Target platform.")] = "linux/amd64",
+    build_arg: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for docker build (repeatable).")] = None,
+    dry_run: DryRun = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Build the serving image with Docker and (--push) push it to ECR; prints the URI `koe deploy` takes."""
+    with _reported():
+        spec = image_lib.ImageSpec(repository, tag, dockerfile, context, platform, tuple(build_arg or ()))
+        aws = _aws(region, profile, endpoint_url) if push else None
+        result = image_lib.build_image(spec, aws=aws, push=push, dry_run=dry_run, console=err)
+        if result.repository_created:
+            err.print(f"created ECR repository {repository}")
+    typer.echo(result.uri)
+
+
+def deploy_command(
+    name: Name,
+    image: Annotated[str, typer.Option(help="Image URI (from `koe image --push`).")],
+    model: Annotated[str, typer.Option(help="s3://.../model.tar.gz, or a model name/folder to package.")],
+    role: Annotated[str, typer.Option(help="SageMaker execution role ARN (`koe iam-policy --create-role`).")],
+    bucket: Annotated[str, typer.Option(help="S3 bucket for model data, inputs, outputs and failures.")],
+    prefix: Annotated[str | None, typer.Option(help="Key prefix in the bucket [default: koe/NAME].")] = None,
+    instance_type: Annotated[str, typer.Option(help="GPU instance type.")] = DEFAULT_INSTANCE_TYPE,
+    max_instances: Annotated[int, typer.Option(help="Autoscaling ceiling (the floor is 0).")] = 1,
+    max_concurrent: Annotated[int, typer.Option(help="Async requests per instance at once.")] = 4,
+    success_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each result.")] = None,
+    error_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each failure.")] = None,
+    target_backlog: Annotated[float, typer.Option(help="Target queued requests per instance.")] = 5.0,
+    ami_version: Annotated[str, typer.Option(help="InferenceAmiVersion (host GPU driver).")] = DEFAULT_AMI_VERSION,
+    startup_timeout: Annotated[int, typer.Option(help="Seconds for the container to load and pass /ping.")] = 900,
+    batch_size: Annotated[int | None, typer.Option(help="KOE_BATCH_SIZE in the container.")] = None,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE container environment (repeatable).")] = None,
+    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for InService.")] = 1800,
+    dry_run: DryRun = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Create or update a scale-to-zero SageMaker async endpoint. Shows the plan, then applies it."""
+    settings = Settings.model_validate({})
+    with _reported():
+        spec = DeploySpec(
+            name=name, image_uri=image, model=model, role_arn=role, bucket=bucket, prefix=prefix or "",
+            instance_type=instance_type, max_instances=max_instances,
+            max_concurrent_invocations=max_concurrent,
+            success_topic=success_topic, error_topic=error_topic, target_backlog_per_instance=target_backlog,
+            ami_version=ami_version, startup_timeout_s=startup_timeout, batch_size=batch_size,
+            environment=parse_environment(env or []),
+        )  # fmt: skip
+        aws = _aws(region, profile, endpoint_url)
+        plan = plan_deploy(aws, spec, wait_timeout_s=wait_timeout)
+        if _show(plan, dry_run):
+            execute(plan, aws, console=err, cache_dir=settings.cache_dir)
+            err.print(f"[green]endpoint {name} is InService[/green]; scales 0..{max_instances} on its backlog")
+    typer.echo(name)
+
+
+def _show(plan: Plan, dry_run: bool) -> bool:
+    """Print the plan; whether to go on and execute it."""
+    err.print(render_plan(plan))
+    if not plan.changes:
+        err.print("nothing to change")
+        return False
+    if dry_run:
+        err.print("[bold]dry run[/bold]: these calls would be made, in order:")
+        for instruction in plan.calls:
+            err.print(f"  {describe_instruction(instruction)}", highlight=False, soft_wrap=True)
+        return False
+    return True
+
+
+def invoke_command(
+    name: Name,
+    files: Annotated[list[Path], typer.Argument(help="Audio or video files.")],
+    wait: Annotated[bool, typer.Option(help="Wait for the results and print (or save) them.")] = False,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text | json | verbose_json | srt | vtt | tsv")] = "text",
+    output_dir: Annotated[Path | None, typer.Option(help="Write FILE.<ext> here instead of printing.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results (--wait).")] = 1800,
+    language: Annotated[str | None, typer.Option(help="Language code, or auto.")] = None,
+    task: Annotated[str | None, typer.Option(help="transcribe | translate")] = None,
+    word_timestamps: Annotated[bool | None, typer.Option(help="Word-level timestamps.")] = None,
+    option: Annotated[list[str] | None, typer.Option(help="Any other option as KEY=VALUE (repeatable).")] = None,
+    request_ttl: Annotated[int | None, typer.Option(help="Seconds a request may wait in the queue.")] = None,
+    invocation_timeout: Annotated[int | None, typer.Option(help="Seconds one request may run.")] = None,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Send FILE... to the endpoint; with --wait, collect the transcripts; exit 1 on failure or timeout."""
+    with _reported():
+        given: dict[str, Any] = dict(pair.split("=", 1) for pair in _pairs(option or []))
+        given.update({k: v for k, v in (("language", language), ("task", task),
+                                        ("word_timestamps", word_timestamps)) if v is not None})  # fmt: skip
+        options = parse_options(given).model_dump(exclude_unset=True)
+        aws = _aws(region, profile, endpoint_url)
+        queued = invoke_lib.submit(aws, name, files, fmt=fmt, options=options, request_ttl_s=request_ttl,
+                                   invocation_timeout_s=invocation_timeout, console=err)  # fmt: skip
+        if not wait:
+            _queued_table(queued)
+            return
+        done = invoke_lib.wait_for_results(aws, queued, timeout_s=timeout, console=err)
+        _emit(done, fmt, output_dir)
+    if any(i.state != "completed" for i in done):
+        raise typer.Exit(1)
+
+
+def _pairs(items: list[str]) -> list[str]:
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        raise OptionsError(f"option: {bad[0]!r} is not KEY=VALUE")
+    return items
+
+
+def _queued_table(queued: list[invoke_lib.Invocation]) -> None:
+    """One tab-separated line per file on stdout (for scripts): file, inference id, output, failure location."""
+    for i in queued:
+        typer.echo("\t".join((str(i.path), i.inference_id, i.output_location, i.failure_location or "-")))
+
+
+def _emit(done: list[invoke_lib.Invocation], fmt: str, output_dir: Path | None) -> None:
+    summary = Table("file", "result", "detail")
+    for i in done:
+        if i.state == "completed" and i.body is not None:
+            if output_dir is not None:
+                summary.add_row(str(i.path), "completed", str(invoke_lib.save_result(i, fmt, output_dir)))
+                continue
+            text = i.body.decode("utf-8", errors="replace")
+            typer.echo(text, nl=not text.endswith("\n"))
+            summary.add_row(str(i.path), "completed", i.output_location)
+        else:
+            summary.add_row(str(i.path), f"[red]{i.state}[/red]", i.error or "")
+    err.print(summary)
+
+
+def status_command(
+    name: Name,
+    minutes: Annotated[int, typer.Option(help="How far back to read metrics.")] = 60,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Endpoint state, instance count, autoscaling (target, policies, alarms) and the recent backlog."""
+    with _reported():
+        check_name(name)
+        status = status_lib.collect_status(_aws(region, profile, endpoint_url), name, minutes=minutes)
+        Console().print(status_lib.render_status(status))
+    if not status.exists:
+        raise typer.Exit(1)
+
+
+def destroy_command(
+    name: Name,
+    delete_data: Annotated[bool, typer.Option(help="Also delete every object under the endpoint's S3 prefix.")] = False,
+    bucket: Annotated[str | None, typer.Option(help="Data bucket, when the endpoint is already gone.")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Data prefix [default: the endpoint's].")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting data.")] = False,
+    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the endpoint to go.")] = 1800,
+    dry_run: DryRun = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Remove alarm, policies, scalable target, endpoint, configs, models (and --delete-data). Idempotent."""
+    with _reported():
+        check_name(name)
+        aws = _aws(region, profile, endpoint_url)
+        plan = plan_destroy(aws, name, delete_data=delete_data, bucket=bucket, prefix=prefix,
+                            wait_timeout_s=wait_timeout)  # fmt: skip
+        if not _show(plan, dry_run):
+            return
+        deletes_data = any(s.resource == "s3 data" and s.action == "delete" for s in plan.steps)
+        if deletes_data and not yes and not typer.confirm("delete the S3 data listed above?", err=True):
+            raise typer.Exit(1)
+        execute(plan, aws, console=err)
+        err.print(f"[green]{name} is gone[/green]")
+
+
+def iam_policy_command(
+    name: Name,
+    bucket: Annotated[str, typer.Option(help="The deploy's bucket.")],
+    image: Annotated[str, typer.Option(help="The ECR image URI the endpoint runs.")],
+    prefix: Annotated[str | None, typer.Option(help="The deploy's prefix [default: koe/NAME].")] = None,
+    model_data: Annotated[str | None, typer.Option(help="An s3:// model.tar.gz outside the prefix.")] = None,
+    success_topic: Annotated[str | None, typer.Option(help="SNS success topic ARN.")] = None,
+    error_topic: Annotated[str | None, typer.Option(help="SNS error topic ARN.")] = None,
+    create_role: Annotated[bool, typer.Option(help="Create (or update) the role in IAM.")] = False,
+    role_name: Annotated[str | None, typer.Option(help="Role name [default: koe-NAME-sagemaker].")] = None,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Print the execution role's least-privilege policy and trust policy; --create-role creates the role."""
+    with _reported():
+        check_name(name)
+        aws = _aws(region, profile, endpoint_url)
+        scope = scope_for(aws, endpoint=name, bucket=bucket, prefix=prefix, image_uri=image,
+                          topics=(success_topic, error_topic), model_data_url=model_data)  # fmt: skip
+        policy = execution_policy(scope)
+        if not create_role:
+            typer.echo(json.dumps({"PermissionsPolicy": policy, "TrustPolicy": TRUST_POLICY}, indent=2))
+            return
+        arn, created = ensure_role(aws, role_name=role_name or role_name_for(name), policy=policy, endpoint=name)
+        err.print(f"{'created' if created else 'updated'} role {arn}")
+    typer.echo(arn)
