@@ -159,6 +159,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterat
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     options.add_argument("--window-size=1000,1300")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     options.add_experimental_option(
         "prefs",
         {"download.default_directory": str(downloads), "download.prompt_for_download": False},
@@ -261,6 +262,21 @@ def test_accessible_basics(page: Any) -> None:
         page.set_window_size(1000, 1300)
 
 
+def test_dropped_files_are_listed_and_removable(page: Any) -> None:
+    """Files dropped on the drop zone join the chosen list; each has a Remove button."""
+    from selenium.webdriver.common.by import By
+
+    page.execute_script("""
+      const dt = new DataTransfer();
+      dt.items.add(new File(["RIFF"], "dropped.wav", {type: "audio/wav"}));
+      document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+    """)
+    chosen = page.find_elements(By.CSS_SELECTOR, "#chosen li")
+    assert len(chosen) == 1 and "dropped.wav" in chosen[0].text
+    chosen[0].find_element(By.XPATH, ".//button[@aria-label='Remove dropped.wav']").click()
+    assert page.find_elements(By.CSS_SELECTOR, "#chosen li") == []
+
+
 def test_undecodable_file_says_so(page: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -276,6 +292,7 @@ def test_undecodable_file_says_so(page: Any, tmp_path: Path) -> None:
 
 def test_transcribe_jfk_play_and_download_srt(page: Any, downloads: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
     jfk = AUDIO_DIR / "en" / "jfk.flac"
@@ -291,6 +308,7 @@ def test_transcribe_jfk_play_and_download_srt(page: Any, downloads: Path) -> Non
 
     item = page.find_element(By.CSS_SELECTOR, f'#jobs > li[data-id="{done["id"]}"]')
     item.find_element(By.XPATH, ".//button[normalize-space()='View transcript']").click()
+    assert page.switch_to.active_element.get_attribute("id") == "viewer-heading", "focus moves to the transcript"
     segments = wait_for(lambda: page.find_elements(By.CSS_SELECTOR, "#segments button.segment"), 20, "segments")
     text = " ".join(s.find_element(By.CSS_SELECTOR, ".text").text for s in segments)
     assert JFK_WORDS in words(text)
@@ -302,7 +320,7 @@ def test_transcribe_jfk_play_and_download_srt(page: Any, downloads: Path) -> Non
     assert player_src.startswith("blob:")
     last = segments[-1]
     start = float(last.find_element(By.XPATH, "..").get_attribute("data-start"))
-    last.click()
+    last.send_keys(Keys.ENTER)  # keyboard: a segment is a button
     position = wait_for(
         lambda: page.execute_script(
             "const p = document.getElementById('player'); return p.currentTime > 0 ? p.currentTime : null"
@@ -314,7 +332,7 @@ def test_transcribe_jfk_play_and_download_srt(page: Any, downloads: Path) -> Non
     page.execute_script("document.getElementById('player').pause()")
 
     if os.environ.get("KOE_WEB_SCREENSHOT"):  # the README's picture: wide enough for the two-column layout
-        page.set_window_size(1280, 900)
+        page.set_window_size(1280, 1000)
         page.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.3)
         page.save_screenshot(os.environ["KOE_WEB_SCREENSHOT"])
@@ -342,5 +360,12 @@ def test_key_is_asked_once_per_session(page: Any, server: str) -> None:
     wait_for(lambda: page.find_element(By.ID, "server").text == "Ready", 15, "Ready after reload")
     assert page.find_element(By.ID, "key-dialog").get_attribute("open") is None
     # The jobs submitted before the reload are listed again from the server.
+    # No script errors or blocked resources (CSP) on the way; the first 401s are the key prompt's.
+    problems = [
+        entry["message"]
+        for entry in page.get_log("browser")
+        if entry["level"] == "SEVERE" and "status of 401" not in entry["message"]
+    ]
+    assert problems == []
     listed = wait_for(lambda: len(job_items(page)) >= 2 and job_items(page), 10, "earlier jobs after reload")
     assert {"completed", "failed"} <= {item["status"] for item in listed}, listed
