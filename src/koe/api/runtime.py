@@ -25,7 +25,8 @@ test (and `client.exceptions.ValidationError` etc. match):
                              409 id reused)
     ModelError (424) ....... InvokeEndpoint: the model refused or failed the request; OriginalStatusCode and
                              OriginalMessage carry koe's own status and error body, as SageMaker relays them
-    ModelNotReadyException . InvokeEndpoint while the model is still loading (429)
+    ModelNotReadyException . InvokeEndpoint while the model is still loading (429; koe serve waits for its
+                             on-demand load instead)
     ServiceUnavailable ..... the model cannot be loaded (503)
     InternalFailure ........ anything unexpected (500)
 """
@@ -48,7 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from koe.api.deps import app_settings
+from koe.api.deps import app_settings, engine_for
 from koe.api.inputs import CUSTOM_ATTRIBUTES_HEADER, accept_format, header_options, received_body
 from koe.api.routing import scoped_errors
 from koe.api.sagemaker import transcribe_request
@@ -297,6 +298,8 @@ def parse_async_headers(headers: Mapping[str, str], settings: Settings) -> Async
 async def invoke_endpoint(request: Request, endpoint_name: str) -> Response:
     settings = app_settings(request)
     check_endpoint(settings, endpoint_name)
+    if getattr(request.app.state, "jobs", None) is not None:
+        await engine_for(request)  # koe serve loads the model on demand: wait for it rather than answer 429
     try:
         response = await transcribe_request(request, max_bytes=settings.max_sync_bytes)
     except InputTooLargeError as exc:
