@@ -160,6 +160,8 @@ def test_full_cycle_deploy_verify_invoke_status_destroy(
                  "[0.0, +inf) +1", "koe-koe-test-has-backlog-without-capacity", "ApproximateBacklogSize"):  # fmt: skip
         assert text in status.stdout, text
 
+    # moto's DeregisterScalableTarget would keep the policies (AWS deletes them): destroy deletes them first, so
+    # "nothing left" below holds on both.
     destroyed = cli("destroy", "--name", NAME, "--delete-data", "--yes")
     assert destroyed.exit_code == 0, destroyed.output
     assert f"{NAME} is gone" in destroyed.stderr
@@ -250,6 +252,9 @@ def _invoke_and_collect(raw: Raw, url: str, tmp_path: Path) -> None:
         path = tmp_path / f"{stem} clip.flac"
         path.write_bytes(b"fLaC" + stem.encode())
         audio.append(str(path))
+    # moto never runs a model: InvokeEndpointAsync takes its outcome from this queue and writes it to its own
+    # bucket (response.json / failure.json), not to the endpoint's S3OutputPath. koe reads whatever locations the
+    # call returned, as on AWS, so the client side is exercised for real.
     failure = json.dumps({"error": {"type": "undecodable_audio", "message": "cannot decode the input"}})
     queue_results(url, [(False, "And so, my fellow Americans\n"), (True, failure)])
 
@@ -321,6 +326,7 @@ def test_new_arguments_update_the_endpoint_and_sweep_the_old_config(aws: Aws, ra
     run(plan_deploy(aws, first), aws)
 
     # Only the endpoint config and autoscaling change: same model, new config, endpoint updated, old config gone.
+    # (moto lacks UpdateEndpoint; moto_aws adds it to the server with AWS's end state, see its docstring.)
     second = make_spec(seeded, max_concurrent_invocations=2, max_instances=3)
     assert second.model_name == first.model_name and second.config_name != first.config_name
     plan = plan_deploy(aws, second)
@@ -412,6 +418,7 @@ def test_failed_update_keeps_the_old_config_until_a_rerun_finishes(
 def test_failed_endpoint_reports_its_reason_and_is_replaced(aws: Aws, seeded: dict[str, str]) -> None:
     spec = make_spec(seeded)
     run(plan_deploy(aws, spec), aws)
+    # moto's endpoints are InService at once and never fail: the state is set on moto's backend object.
     set_endpoint_state(NAME, "Failed", "CannotStartContainerError")
     with pytest.raises(DeployError, match=r"failed: CannotStartContainerError.*--ami-version"):
         wait_for_endpoint(aws, NAME, until="InService", timeout_s=5, backoff=FAST,
@@ -494,3 +501,14 @@ def test_plan_calls_name_real_wrapper_methods(aws: Aws, seeded: dict[str, str]) 
             for instruction in step.instructions:
                 if isinstance(instruction, Call):
                     assert callable(getattr(aws, instruction.method)), instruction.method
+
+
+def test_baked_model_has_no_model_data(aws: Aws, raw: Raw, seeded: dict[str, str]) -> None:
+    spec = make_spec(seeded, model="image", image_uri=IMAGE.replace("latest", "large-v3-turbo"))
+    plan = plan_deploy(aws, spec)
+    [data] = [s for s in plan.steps if s.resource == "model data"]
+    assert (data.action, data.detail) == ("no-op", "baked into the image")
+    run(plan, aws)
+    container = raw("sagemaker").describe_model(ModelName=spec.model_name)["PrimaryContainer"]
+    assert "ModelDataUrl" not in container
+    assert container["Environment"] == {"KOE_DEVICE": "cuda", "KOE_BATCH_SIZE": "8"}  # the image finds its model

@@ -1,4 +1,7 @@
-"""`koe image / deploy / invoke / status / destroy / iam-policy`: thin wrappers over koe.deploy."""
+"""`koe image / deploy / invoke / status / destroy / iam-policy`: thin wrappers over koe.deploy.
+
+boto3 and the deploy library are imported inside the commands, so that other `koe` commands start without them.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +9,13 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from koe.config import Settings
-from koe.deploy import image as image_lib
-from koe.deploy import invoke as invoke_lib
-from koe.deploy import status as status_lib
-from koe.deploy.aws import Aws
-from koe.deploy.iam import TRUST_POLICY, ensure_role, execution_policy, role_name_for, scope_for
-from koe.deploy.plan import Plan, describe_instruction, execute, plan_deploy, plan_destroy, render_plan
 from koe.deploy.spec import (
     DEFAULT_AMI_VERSION,
     DEFAULT_INSTANCE_TYPE,
@@ -28,6 +25,11 @@ from koe.deploy.spec import (
 )
 from koe.errors import KoeError, OptionsError
 from koe.options import parse_options
+
+if TYPE_CHECKING:
+    from koe.deploy.aws import Aws
+    from koe.deploy.invoke import Invocation
+    from koe.deploy.plan import Plan
 
 err = Console(stderr=True)
 
@@ -61,6 +63,8 @@ def _reported() -> Iterator[None]:
 
 
 def _aws(region: str | None, profile: str | None, endpoint_url: str | None) -> Aws:
+    from koe.deploy.aws import Aws
+
     return Aws.connect(region=region, profile=profile, endpoint_url=endpoint_url)
 
 
@@ -78,6 +82,8 @@ def image_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Build the serving image with Docker and (--push) push it to ECR; prints the URI `koe deploy` takes."""
+    from koe.deploy import image as image_lib
+
     with _reported():
         spec = image_lib.ImageSpec(repository, tag, dockerfile, context, platform, tuple(build_arg or ()))
         aws = _aws(region, profile, endpoint_url) if push else None
@@ -90,10 +96,12 @@ def image_command(
 def deploy_command(
     name: Name,
     image: Annotated[str, typer.Option(help="Image URI (from `koe image --push`).")],
-    model: Annotated[str, typer.Option(help="s3://.../model.tar.gz, or a model name/folder to package.")],
+    model: Annotated[
+        str, typer.Option(help="s3://.../model.tar.gz; a model name/folder to package; or 'image' (baked in).")
+    ],
     role: Annotated[str, typer.Option(help="SageMaker execution role ARN (`koe iam-policy --create-role`).")],
     bucket: Annotated[str, typer.Option(help="S3 bucket for model data, inputs, outputs and failures.")],
-    prefix: Annotated[str | None, typer.Option(help="Key prefix in the bucket [default: koe/NAME].")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Key prefix in the bucket (default: koe/NAME).")] = None,
     instance_type: Annotated[str, typer.Option(help="GPU instance type.")] = DEFAULT_INSTANCE_TYPE,
     max_instances: Annotated[int, typer.Option(help="Autoscaling ceiling (the floor is 0).")] = 1,
     max_concurrent: Annotated[int, typer.Option(help="Async requests per instance at once.")] = 4,
@@ -111,6 +119,8 @@ def deploy_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Create or update a scale-to-zero SageMaker async endpoint. Shows the plan, then applies it."""
+    from koe.deploy.plan import execute, plan_deploy
+
     settings = Settings.model_validate({})
     with _reported():
         spec = DeploySpec(
@@ -131,6 +141,8 @@ def deploy_command(
 
 def _show(plan: Plan, dry_run: bool) -> bool:
     """Print the plan; whether to go on and execute it."""
+    from koe.deploy.plan import describe_instruction, render_plan
+
     err.print(render_plan(plan))
     if not plan.changes:
         err.print("nothing to change")
@@ -161,6 +173,8 @@ def invoke_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Send FILE... to the endpoint; with --wait, collect the transcripts; exit 1 on failure or timeout."""
+    from koe.deploy import invoke as invoke_lib
+
     with _reported():
         given: dict[str, Any] = dict(pair.split("=", 1) for pair in _pairs(option or []))
         given.update({k: v for k, v in (("language", language), ("task", task),
@@ -185,18 +199,20 @@ def _pairs(items: list[str]) -> list[str]:
     return items
 
 
-def _queued_table(queued: list[invoke_lib.Invocation]) -> None:
+def _queued_table(queued: list[Invocation]) -> None:
     """One tab-separated line per file on stdout (for scripts): file, inference id, output, failure location."""
     for i in queued:
         typer.echo("\t".join((str(i.path), i.inference_id, i.output_location, i.failure_location or "-")))
 
 
-def _emit(done: list[invoke_lib.Invocation], fmt: str, output_dir: Path | None) -> None:
+def _emit(done: list[Invocation], fmt: str, output_dir: Path | None) -> None:
+    from koe.deploy.invoke import save_result
+
     summary = Table("file", "result", "detail")
     for i in done:
         if i.state == "completed" and i.body is not None:
             if output_dir is not None:
-                summary.add_row(str(i.path), "completed", str(invoke_lib.save_result(i, fmt, output_dir)))
+                summary.add_row(str(i.path), "completed", str(save_result(i, fmt, output_dir)))
                 continue
             text = i.body.decode("utf-8", errors="replace")
             typer.echo(text, nl=not text.endswith("\n"))
@@ -214,6 +230,8 @@ def status_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Endpoint state, instance count, autoscaling (target, policies, alarms) and the recent backlog."""
+    from koe.deploy import status as status_lib
+
     with _reported():
         check_name(name)
         status = status_lib.collect_status(_aws(region, profile, endpoint_url), name, minutes=minutes)
@@ -226,7 +244,7 @@ def destroy_command(
     name: Name,
     delete_data: Annotated[bool, typer.Option(help="Also delete every object under the endpoint's S3 prefix.")] = False,
     bucket: Annotated[str | None, typer.Option(help="Data bucket, when the endpoint is already gone.")] = None,
-    prefix: Annotated[str | None, typer.Option(help="Data prefix [default: the endpoint's].")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Data prefix (default: the endpoint's).")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting data.")] = False,
     wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for the endpoint to go.")] = 1800,
     dry_run: DryRun = False,
@@ -235,6 +253,8 @@ def destroy_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Remove alarm, policies, scalable target, endpoint, configs, models (and --delete-data). Idempotent."""
+    from koe.deploy.plan import execute, plan_destroy
+
     with _reported():
         check_name(name)
         aws = _aws(region, profile, endpoint_url)
@@ -253,17 +273,19 @@ def iam_policy_command(
     name: Name,
     bucket: Annotated[str, typer.Option(help="The deploy's bucket.")],
     image: Annotated[str, typer.Option(help="The ECR image URI the endpoint runs.")],
-    prefix: Annotated[str | None, typer.Option(help="The deploy's prefix [default: koe/NAME].")] = None,
+    prefix: Annotated[str | None, typer.Option(help="The deploy's prefix (default: koe/NAME).")] = None,
     model_data: Annotated[str | None, typer.Option(help="An s3:// model.tar.gz outside the prefix.")] = None,
     success_topic: Annotated[str | None, typer.Option(help="SNS success topic ARN.")] = None,
     error_topic: Annotated[str | None, typer.Option(help="SNS error topic ARN.")] = None,
     create_role: Annotated[bool, typer.Option(help="Create (or update) the role in IAM.")] = False,
-    role_name: Annotated[str | None, typer.Option(help="Role name [default: koe-NAME-sagemaker].")] = None,
+    role_name: Annotated[str | None, typer.Option(help="Role name (default: koe-NAME-sagemaker).")] = None,
     region: Region = None,
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Print the execution role's least-privilege policy and trust policy; --create-role creates the role."""
+    from koe.deploy.iam import TRUST_POLICY, ensure_role, execution_policy, role_name_for, scope_for
+
     with _reported():
         check_name(name)
         aws = _aws(region, profile, endpoint_url)

@@ -11,8 +11,25 @@ status.py       what is deployed and how it scales
 iam.py          the execution role's least-privilege policy
 """
 
-from koe.deploy.aws import Aws
-from koe.deploy.plan import Plan, execute, plan_deploy, plan_destroy, render_plan
-from koe.deploy.spec import DeploySpec
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from koe.deploy.aws import Aws
+    from koe.deploy.plan import Plan, execute, plan_deploy, plan_destroy, render_plan
+    from koe.deploy.spec import DeploySpec
 
 __all__ = ["Aws", "DeploySpec", "Plan", "execute", "plan_deploy", "plan_destroy", "render_plan"]
+
+_HOMES = {"Aws": "aws", "DeploySpec": "spec", "Plan": "plan", "execute": "plan", "plan_deploy": "plan",
+          "plan_destroy": "plan", "render_plan": "plan"}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use: `koe.deploy.spec` (used by the CLI at start-up) must not pull in boto3."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'koe.deploy' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"koe.deploy.{_HOMES[name]}"), name)

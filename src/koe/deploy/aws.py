@@ -165,12 +165,14 @@ class Aws:
         *,
         name: str,
         image_uri: str,
-        model_data_url: str,
+        model_data_url: str | None,
         environment: Mapping[str, str],
         role_arn: str,
         tags: Mapping[str, str],
     ) -> str:
-        container = {"Image": image_uri, "ModelDataUrl": model_data_url, "Environment": dict(environment)}
+        container: dict[str, Any] = {"Image": image_uri, "Environment": dict(environment)}
+        if model_data_url:  # none: the model is baked into the image
+            container["ModelDataUrl"] = model_data_url
         response = self._call(
             "sagemaker", "create_model", ModelName=name, PrimaryContainer=container,
             ExecutionRoleArn=role_arn, Tags=_tags(tags),

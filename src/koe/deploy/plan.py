@@ -136,6 +136,8 @@ def _check_topics(aws: Aws, spec: DeploySpec) -> None:
 
 def _model_data_step(aws: Aws, spec: DeploySpec) -> Step:
     url = spec.model_data_url
+    if url is None:
+        return Step("model data", "-", "no-op", "baked into the image")
     if not spec.packaged:
         if not aws.object_exists(url):
             raise DeployError(f"model data {url} does not exist")
@@ -190,8 +192,10 @@ def _endpoint_step(aws: Aws, spec: DeploySpec, timeout_s: float) -> Step:
         update = Call("update_endpoint", {"name": name, "config_name": config})
         return Step("endpoint", name, "update", f"{current.get('EndpointConfigName')} -> {config}",
                     (steady, update, in_service))  # fmt: skip
-    if status != "InService":
+    if status in TRANSITIONAL:
         return Step("endpoint", name, "wait", f"it is {status}", (in_service,))
+    if status != "InService":
+        raise DeployError(f"endpoint {name} is {status}; see `koe status --name {name}` (or destroy and deploy again)")
     return Step("endpoint", name, "no-op", "InService")
 
 

@@ -39,6 +39,7 @@ AMI_VERSIONS = (
     "al2023-ami-sagemaker-inference-gpu-4-1",  # 580 / 13.0, compat mounting disabled
 )
 MODEL_DIR = "/opt/ml/model"
+BAKED = "image"  # --model image: the model baked into the image (docker build --build-arg BAKE_MODEL=...)
 TAG_KEY = "koe:endpoint"
 
 
@@ -49,8 +50,8 @@ class DeploySpec:
     Attributes:
         name: endpoint name; also the stem of the model and endpoint config names.
         image_uri: the container image (`koe image --push` prints it).
-        model: an `s3://.../model.tar.gz` URL used as is, or a model name / folder that `koe.package` packs
-            and uploads under `s3://<bucket>/<prefix>/model/`.
+        model: an `s3://.../model.tar.gz` URL used as is; a model name / folder that `koe.package` packs
+            and uploads under `s3://<bucket>/<prefix>/model/`; or "image" for an image with the model baked in.
         role_arn: the SageMaker execution role (`koe iam-policy --create-role` makes one).
         bucket, prefix: where model data, inputs, outputs and failures live
             (`<prefix>/{model,input,output,failure}`).
@@ -122,12 +123,19 @@ class DeploySpec:
         return f"{self.root}/failure"
 
     @property
-    def packaged(self) -> bool:
-        """True when koe packs and uploads the model; False for a given s3:// model data URL."""
-        return not self.model.startswith("s3://")
+    def baked(self) -> bool:
+        """True when the image carries the model: no ModelDataUrl, nothing to download at start-up."""
+        return self.model == BAKED
 
     @property
-    def model_data_url(self) -> str:
+    def packaged(self) -> bool:
+        """True when koe packs and uploads the model; False for a given s3:// URL or a baked model."""
+        return not (self.baked or self.model.startswith("s3://"))
+
+    @property
+    def model_data_url(self) -> str | None:
+        if self.baked:
+            return None
         if not self.packaged:
             return self.model
         slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", Path(self.model).name or "model").strip("-") or "model"
@@ -137,7 +145,9 @@ class DeploySpec:
 
     def model_environment(self) -> dict[str, str]:
         gpu = self.instance_type.split(".")[1][:1] in ("g", "p")
-        env = {"KOE_MODEL": MODEL_DIR, "KOE_DEVICE": "cuda" if gpu else "cpu"}
+        env = {"KOE_DEVICE": "cuda" if gpu else "cpu"}
+        if not self.baked:  # a baked image finds its own model (/opt/koe/model) when KOE_MODEL is unset
+            env["KOE_MODEL"] = MODEL_DIR
         if self.batch_size is not None:
             env["KOE_BATCH_SIZE"] = str(self.batch_size)
         env.update(dict(self.environment))
