@@ -42,10 +42,15 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def koe_url(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`koe serve`, storing outputs in (moto's) S3 like the recipe's endpoint; file:// inputs under `allowed/`."""
+def allowed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder `koe serve` may read file:// inputs from (KOE_STORAGE_ROOTS)."""
+    return tmp_path_factory.mktemp("allowed")
+
+
+@pytest.fixture(scope="module")
+def koe_url(moto_url: str, allowed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`koe serve`, storing outputs in (moto's) S3 like the recipe's endpoint; file:// inputs under `allowed`."""
     data = tmp_path_factory.mktemp("runtime")
-    (data / "allowed").mkdir()
     port = free_port()
     env = {
         "HF_HUB_OFFLINE": "1",
@@ -59,7 +64,7 @@ def koe_url(moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "KOE_S3_SECRET_ACCESS_KEY": "testing",
         "KOE_OUTPUT_PATH": f"s3://{BUCKET}/{PREFIX}/output",
         "KOE_FAILURE_PATH": f"s3://{BUCKET}/{PREFIX}/failure",
-        "KOE_STORAGE_ROOTS": json.dumps([str(data / "allowed")]),
+        "KOE_STORAGE_ROOTS": json.dumps([str(allowed)]),
         "KOE_MAX_SYNC_BYTES": "2000000",
     }
     command = python_command("-m", "koe", "serve", "--port", str(port), "--data-dir", str(data))
@@ -141,6 +146,14 @@ def test_inline_body_and_output_extension(s3: Any, smr: Any) -> None:
     assert response["OutputLocation"].startswith(f"s3://{BUCKET}/{PREFIX}/output/inline/run1/")
     text = wait_for_object(s3, response["OutputLocation"].replace(f"s3://{BUCKET}/", ""))
     assert "weather" in words(text)
+
+
+def test_file_input_location(s3: Any, smr: Any, allowed: Path) -> None:
+    clip = allowed / "weather.wav"
+    clip.write_bytes((AUDIO_DIR / "en" / "azure_whatstheweatherlike.wav").read_bytes())
+    response = smr.invoke_endpoint_async(EndpointName=ENDPOINT, InputLocation=clip.as_uri(), Accept="text/vtt")
+    vtt = wait_for_object(s3, response["OutputLocation"].replace(f"s3://{BUCKET}/", ""))
+    assert vtt.startswith("WEBVTT") and "weather" in words(vtt)
 
 
 def test_invoke_endpoint_sync(smr: Any, jfk: Path) -> None:
