@@ -20,6 +20,7 @@ botocore, pydantic) are mapped to them at the edge where they are raised.
     ├── NotReadyError .................. 503  the model is still loading
     ├── EngineError .................... 500  inference itself failed
     ├── StorageError ................... 502  the object store failed
+    │   └── StorageFullError ........... 507  no space left for the data folder (disk full)
     ├── JobError
     │   ├── JobNotFoundError ........... 404
     │   ├── JobConflictError ........... 409  same id, different request / job not in a state for that
@@ -122,6 +123,10 @@ class StorageError(KoeError):
     type = "storage_error"
 
 
+class StorageFullError(StorageError):
+    type = "insufficient_storage"
+
+
 class JobError(KoeError):
     type = "job_error"
 
@@ -179,6 +184,7 @@ HTTP_STATUS: dict[type[KoeError], int] = {
     NotReadyError: 503,
     EngineError: 500,
     StorageError: 502,
+    StorageFullError: 507,
     JobNotFoundError: 404,
     JobConflictError: 409,
     JobNotFinishedError: 409,

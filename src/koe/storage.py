@@ -14,6 +14,7 @@ locally, a single PUT on S3 (which S3 applies atomically).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -29,7 +30,14 @@ from typing import IO, Any, BinaryIO, TypeVar, cast
 from urllib.parse import quote, unquote, urlsplit
 
 from koe.config import Settings
-from koe.errors import InputNotFoundError, InputTooLargeError, KoeError, LocationError, StorageError
+from koe.errors import (
+    InputNotFoundError,
+    InputTooLargeError,
+    KoeError,
+    LocationError,
+    StorageError,
+    StorageFullError,
+)
 
 logger = logging.getLogger("koe.storage")
 
@@ -47,6 +55,14 @@ TRANSIENT_CODES = frozenset(
     }
 )  # fmt: skip
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchBucket"})
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def os_error(exc: OSError, what: str) -> StorageError:
+    """The koe error for a local file-system failure to do `what`: a full disk (or quota) is StorageFullError."""
+    if exc.errno in FULL_ERRNOS:
+        return StorageFullError(f"cannot {what}: the disk is full ({exc.strerror})")
+    return StorageError(f"cannot {what}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +183,7 @@ class FileStore:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as exc:
-            raise StorageError(f"cannot write {location}: {exc.strerror or exc}") from exc
+            raise os_error(exc, f"write {location}") from exc
 
     def exists(self, location: Location) -> bool:
         return self.resolve(location).is_file()
@@ -181,10 +197,13 @@ class FileStore:
         The same bytes always land at the same path, so storing an upload twice is harmless.
         """
         target_dir = self.resolve(Location("file", "", str(folder)))
-        target_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=target_dir)
+        except OSError as exc:
+            raise os_error(exc, f"store the upload in {target_dir}") from exc
         digest = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=target_dir)
         try:
             with os.fdopen(fd, "wb") as out:
                 while chunk := source.read(CHUNK):
@@ -196,6 +215,9 @@ class FileStore:
             sha = digest.hexdigest()
             path = target_dir / sha
             os.replace(tmp, path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise os_error(exc, f"store the upload in {target_dir}") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -204,7 +226,10 @@ class FileStore:
     def ingest_file(self, path: Path, folder: Path) -> tuple[Path, str]:
         """Move a local file (a spooled upload) into `folder` under its sha256: (new path, sha256)."""
         target_dir = self.resolve(Location("file", "", str(folder)))
-        target_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, f"store the upload in {target_dir}") from exc
         digest = hashlib.sha256()
         with path.open("rb") as fh:
             while chunk := fh.read(CHUNK):
@@ -214,13 +239,19 @@ class FileStore:
         try:
             os.replace(path, target)
         except OSError:  # another file system: copy beside the target, then rename into place
-            fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=target_dir)
-            os.close(fd)
+            tmp = ""
             try:
+                fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=target_dir)
+                os.close(fd)
                 shutil.copyfile(path, tmp)
                 os.replace(tmp, target)
+            except OSError as exc:
+                if tmp:
+                    Path(tmp).unlink(missing_ok=True)
+                raise os_error(exc, f"store the upload in {target_dir}") from exc
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                if tmp:
+                    Path(tmp).unlink(missing_ok=True)
                 raise
         return target, sha
 
