@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     s3_session_token: SecretStr | None = None
     storage_attempts: int = Field(4, ge=1, le=20, description="Tries per storage call on transient errors.")
+    s3_timeout_s: float = Field(60.0, gt=0, le=3600, description="S3 read timeout per call (then it is retried).")
     webhook_url: str | None = Field(None, description="Endpoint-wide webhook for job notifications.")
     webhook_attempts: int = Field(5, ge=1, le=20, description="Tries per webhook delivery (with backoff).")
     sns_success_topic: str | None = Field(None, description="SNS topic ARN for completed jobs.")

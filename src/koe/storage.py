@@ -292,8 +292,8 @@ class S3Store:
             )
             config = Config(
                 retries={"total_max_attempts": 1},  # S3Store retries itself, with backoff
-                connect_timeout=10,
-                read_timeout=60,
+                connect_timeout=min(10.0, settings.s3_timeout_s),
+                read_timeout=settings.s3_timeout_s,
                 s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
             )
             return session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
