@@ -104,9 +104,7 @@ class _QueueCollector(Collector):
             logger.exception("cannot read the queue for metrics")
             return
         backlog = q["queued"] + q["running"]
-        yield _gauge(
-            "koe_approximate_backlog_size", "ApproximateBacklogSize: jobs queued or running.", backlog
-        )
+        yield _gauge("koe_approximate_backlog_size", "ApproximateBacklogSize: jobs queued or running.", backlog)
         yield _gauge(
             "koe_approximate_backlog_size_per_instance",
             "ApproximateBacklogSizePerInstance: backlog divided by live workers.",

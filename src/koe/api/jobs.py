@@ -61,9 +61,7 @@ NUMBER_FIELDS = ("ttl_s", "timeout_s")
 def local_endpoint(request: Request) -> LocalEndpoint:
     endpoint: LocalEndpoint | None = getattr(request.app.state, "jobs", None)
     if endpoint is None:
-        raise HTTPException(
-            404, "the jobs API is off on this server (koe serve turns it on: KOE_JOBS_ENABLED)"
-        )
+        raise HTTPException(404, "the jobs API is off on this server (koe serve turns it on: KOE_JOBS_ENABLED)")
     return endpoint
 
 
@@ -98,9 +96,7 @@ def _json_fields(data: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or "input_location" not in body:
-        raise InputError(
-            'a JSON job needs "input_location" (a file:// or s3:// URL); to upload, use multipart'
-        )
+        raise InputError('a JSON job needs "input_location" (a file:// or s3:// URL); to upload, use multipart')
     return body
 
 
@@ -155,9 +151,7 @@ def _number(name: str, value: str) -> float | None:
 @router.get("", summary="List jobs, newest first")
 def list_jobs(
     request: Request,
-    status: str | None = Query(
-        None, description="queued | running | completed | failed | expired | cancelled"
-    ),
+    status: str | None = Query(None, description="queued | running | completed | failed | expired | cancelled"),
     limit: int = Query(50, description="Jobs per page (1..1000)."),
     cursor: str | None = Query(None, description="`next_cursor` from the previous page."),
 ) -> dict[str, Any]:
@@ -196,9 +190,7 @@ async def start_jobs(app: FastAPI, load_model: Callable[[Settings], Engine]) -> 
     def load(name: str) -> Engine:
         return load_model(settings.model_copy(update={"model": name}))
 
-    endpoint = await anyio.to_thread.run_sync(
-        lambda: LocalEndpoint(settings, load_model=load, metrics=metrics)
-    )
+    endpoint = await anyio.to_thread.run_sync(lambda: LocalEndpoint(settings, load_model=load, metrics=metrics))
     endpoint.start()
     app.state.jobs = endpoint
     app.state.metrics = endpoint.metrics

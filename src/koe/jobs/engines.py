@@ -99,9 +99,7 @@ class EngineHolder:
             return engine
         with self._lock:
             if self._loading is None or not self._loading.is_alive():
-                self._loading = threading.Thread(
-                    target=self._load_quietly, name="koe-model-load", daemon=True
-                )
+                self._loading = threading.Thread(target=self._load_quietly, name="koe-model-load", daemon=True)
                 self._loading.start()
         if self.last_error is not None:
             raise self.last_error

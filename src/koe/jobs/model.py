@@ -157,9 +157,7 @@ class Job(BaseModel):
             "timings": {
                 "time_in_backlog_s": round(backlog_s, 3) if backlog_s > 0 else None,
                 "processing_s": (
-                    round(self.finished_at - self.started_at, 3)
-                    if self.finished_at and self.started_at
-                    else None
+                    round(self.finished_at - self.started_at, 3) if self.finished_at and self.started_at else None
                 ),
             },
             "error": self.error.model_dump() if self.error else None,

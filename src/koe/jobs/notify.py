@@ -150,9 +150,7 @@ class Notifier:
                     return True
                 problem = f"HTTP {response.status_code}"
                 if response.status_code not in RETRY_STATUS:
-                    logger.warning(
-                        "webhook %s refused notification %s: %s", url, message["inferenceId"], problem
-                    )
+                    logger.warning("webhook %s refused notification %s: %s", url, message["inferenceId"], problem)
                     return False
             if attempt < self.attempts:
                 delay = self.backoff_s * 2 ** (attempt - 1)
