@@ -195,9 +195,7 @@ class JobQueue:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
@@ -227,9 +225,7 @@ class JobQueue:
 
     # -- submit and read -----------------------------------------------------------------------------
 
-    def submit(
-        self, request: JobRequest, job_id: str | None = None, *, max_attempts: int = 3
-    ) -> tuple[Job, bool]:
+    def submit(self, request: JobRequest, job_id: str | None = None, *, max_attempts: int = 3) -> tuple[Job, bool]:
         """Queue `request` as job `job_id` (generated if None). Returns (job, created)."""
         job_id = valid_job_id(job_id) if job_id is not None else new_job_id()
         fingerprint = request.fingerprint()
@@ -292,9 +288,7 @@ class JobQueue:
                     (JobStatus.CANCELLED.value, self.clock(), job_id),
                 )
             elif status is not JobStatus.CANCELLED:
-                raise JobConflictError(
-                    f"job {job_id!r} is {status.value}; only a queued job can be cancelled"
-                )
+                raise JobConflictError(f"job {job_id!r} is {status.value}; only a queued job can be cancelled")
         return self.get(job_id)
 
     # -- the worker's side ---------------------------------------------------------------------------
@@ -383,9 +377,7 @@ class JobQueue:
                 seconds = JobRequest.model_validate_json(row["request"]).timeout_s
                 error: KoeError = JobTimeoutError(f"the job ran past its invocation timeout of {seconds:g} s")
                 out.failed.append(self._finish(db, row["id"], JobStatus.FAILED, error, now))
-            for row in db.execute(
-                "SELECT * FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)
-            ).fetchall():
+            for row in db.execute("SELECT * FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)).fetchall():
                 if row["attempts"] >= row["max_attempts"]:
                     error = JobAbandonedError(
                         f"the worker running the job stopped renewing its lease (attempt {row['attempts']}"
@@ -409,14 +401,10 @@ class JobQueue:
         for job_id in out.requeued:
             logger.warning("job %s: lease lapsed; back in the queue", job_id)
         for job in out.failed + out.expired:
-            logger.warning(
-                "job %s: %s (%s)", job.id, job.status.value, job.error.message if job.error else ""
-            )
+            logger.warning("job %s: %s (%s)", job.id, job.status.value, job.error.message if job.error else "")
         return out
 
-    def _finish(
-        self, db: sqlite3.Connection, job_id: str, status: JobStatus, error: KoeError, now: float
-    ) -> Job:
+    def _finish(self, db: sqlite3.Connection, job_id: str, status: JobStatus, error: KoeError, now: float) -> Job:
         """Finish a job the reaper found; its effects are left for `claim_effects` (no lease on them)."""
         row = db.execute(
             "UPDATE jobs SET status = ?, finished_at = ?, lease_token = NULL, lease_until = NULL,"
@@ -440,9 +428,7 @@ class JobQueue:
 
     def effects_done(self, job_id: str) -> None:
         with self._write() as db:
-            db.execute(
-                "UPDATE jobs SET effects_pending = 0, effects_lease_until = NULL WHERE id = ?", (job_id,)
-            )
+            db.execute("UPDATE jobs SET effects_pending = 0, effects_lease_until = NULL WHERE id = ?", (job_id,))
 
     # -- workers and stats ---------------------------------------------------------------------------
 

@@ -264,9 +264,7 @@ class WorkerPool:
             if running.reason:
                 raise Aborted(running.reason)
             self.store.write(job.output_location, body.encode("utf-8"), content_type)
-            done = self.queue.complete(
-                claim, content_type=content_type, transcript_json=transcript.model_dump_json()
-            )
+            done = self.queue.complete(claim, content_type=content_type, transcript_json=transcript.model_dump_json())
         except Aborted:
             self._aborted(running)
             return
