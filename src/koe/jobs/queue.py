@@ -43,6 +43,7 @@ from koe.errors import (
     JobTimeoutError,
     KoeError,
     OptionsError,
+    StorageFullError,
 )
 from koe.jobs.model import Job, JobErrorInfo, JobRequest, JobStatus, valid_job_id
 
@@ -206,15 +207,28 @@ class JobQueue:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction, taken before reading (BEGIN IMMEDIATE), so read-then-update is atomic."""
+        """A write transaction, taken before reading (BEGIN IMMEDIATE), so read-then-update is atomic.
+
+        A full disk is a `StorageFullError` (SQLite has already rolled the transaction back, and the database
+        stays consistent); writing works again as soon as there is space.
+        """
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite rolls back by itself on some errors (SQLITE_FULL among them)
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            mapped = database_error(exc, self.path)
+            if mapped is exc:
+                raise
+            raise mapped from exc
 
     def close(self) -> None:
         with self._lock:
@@ -426,6 +440,15 @@ class JobQueue:
             ).fetchall()
         return [_job(r) for r in rows]
 
+    def effects_later(self, job_id: str, delay_s: float) -> None:
+        """Effects that failed (storage down, disk full): hand them out again in `delay_s` rather than only when
+        their lease lapses."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET effects_lease_until = ? WHERE id = ? AND effects_pending = 1",
+                (self.clock() + delay_s, job_id),
+            )
+
     def effects_done(self, job_id: str) -> None:
         with self._write() as db:
             db.execute("UPDATE jobs SET effects_pending = 0, effects_lease_until = NULL WHERE id = ?", (job_id,))
@@ -478,6 +501,14 @@ class JobQueue:
             capacity=int(workers[1]),
             models_loaded=int(workers[2]),
         )
+
+
+def database_error(exc: sqlite3.OperationalError, path: Path) -> Exception:
+    """A full disk under the database is StorageFullError; other SQLite errors are passed on as they are."""
+    message = str(exc).lower()
+    if "full" in message or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return StorageFullError(f"the disk holding the job database ({path.parent}) is full; free some space")
+    return exc
 
 
 def new_job_id() -> str:
