@@ -238,7 +238,11 @@ class WorkerPool:
                 self._wake.wait(self.config.poll_s)
                 self._wake.clear()
                 continue
-            self._run(claim)
+            try:
+                self._run(claim)
+            except Exception:  # e.g. the database's disk is full: the lease lapses and the job goes back
+                logger.exception("job %s: cannot record its outcome; its lease will lapse", claim.job.id)
+                self._wake.wait(self.config.poll_s)
 
     def _run(self, claim: Claim) -> None:
         job = claim.job
@@ -277,6 +281,7 @@ class WorkerPool:
             return
         if done is None:
             logger.warning("job %s: lease lost before completion; result not recorded", job.id)
+            self._discard_output(job)
             return
         logger.info("job %s: completed (%.1f s of audio)", job.id, transcript.duration)
         self.metrics.invocations_processed.inc()
@@ -335,6 +340,16 @@ class WorkerPool:
         else:
             logger.warning("job %s: stopped (%s)", job.id, running.reason)
 
+    def _discard_output(self, job: Job) -> None:
+        """This worker wrote `job`'s output but lost the job: if the job has since failed (timed out, or another
+        attempt failed it), remove that output, since a failed job has none. Otherwise leave it: a later attempt
+        rewrites it, or the failure's effects remove it."""
+        try:
+            if self.queue.get(job.id).status in (JobStatus.FAILED, JobStatus.EXPIRED):
+                self.store.delete(job.output_location)
+        except Exception:
+            logger.exception("job %s: cannot discard the output of a lost attempt", job.id)
+
     def _failed(self, claim: Claim, error: KoeError) -> None:
         failed = self.queue.fail(claim, error)
         if failed is None:
@@ -354,8 +369,19 @@ class WorkerPool:
     def _do_effects(self, job: Job) -> None:
         try:
             run_effects(job, self.store, self.notifier, self.queue, self.metrics)
+        except KoeError as exc:
+            logger.warning("job %s: effects failed (%s: %s); retrying in %gs",
+                           job.id, exc.type, exc.message, self.config.reap_interval_s)  # fmt: skip
+            self._effects_later(job)
         except Exception:
             logger.exception("job %s: effects failed; they will be retried", job.id)
+            self._effects_later(job)
+
+    def _effects_later(self, job: Job) -> None:
+        try:
+            self.queue.effects_later(job.id, self.config.reap_interval_s)
+        except Exception:  # the effects lease lapses on its own
+            logger.warning("job %s: effects will be retried when their lease lapses", job.id)
 
     # -- maintenance ---------------------------------------------------------------------------------
 
@@ -405,8 +431,13 @@ class WorkerPool:
 
 
 def run_effects(job: Job, store: ObjectStore, notifier: Notifier, queue: JobQueue, metrics: Metrics) -> None:
-    """A finished job's effects: its failure object (failed or expired), then its notifications."""
+    """A finished job's effects: its failure object (failed or expired), then its notifications.
+
+    A failed job has no output object: one left by an attempt that wrote it and then died (or lost its lease)
+    before recording completion is removed first.
+    """
     if job.status in (JobStatus.FAILED, JobStatus.EXPIRED):
+        store.delete(job.output_location)
         error = job.error or JobErrorInfo(type="internal_error", message=f"the job {job.status.value}")
         body = {"error": error.model_dump()}  # the shape of koe.errors.error_body
         store.write(job.failure_location, json.dumps(body).encode("utf-8"), "application/json")
