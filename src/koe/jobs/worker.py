@@ -240,7 +240,10 @@ class WorkerPool:
                 continue
             try:
                 self._run(claim)
-            except Exception:  # e.g. the database's disk is full: the lease lapses and the job goes back
+            except KoeError as exc:  # e.g. the database's disk is full: the lease lapses and the job goes back
+                logger.error("job %s: cannot record its outcome (%s); its lease will lapse", claim.job.id, exc.message)
+                self._wake.wait(self.config.poll_s)
+            except Exception:
                 logger.exception("job %s: cannot record its outcome; its lease will lapse", claim.job.id)
                 self._wake.wait(self.config.poll_s)
 
@@ -400,6 +403,8 @@ class WorkerPool:
                     next_reap = now + config.reap_interval_s
                     self.reap()
                 self.engines.unload_if_idle()
+            except KoeError as exc:  # a known condition (the disk is full, say): one line, no traceback
+                logger.error("maintenance failed (%s: %s); retrying", exc.type, exc.message)
             except Exception:
                 logger.exception("maintenance failed; retrying")
 
