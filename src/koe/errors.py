@@ -13,6 +13,7 @@ botocore, pydantic) are mapped to them at the edge where they are raised.
     ├── UnsupportedMediaTypeError ...... 415
     ├── NotAcceptableError ............. 406
     ├── AuthError ...................... 401
+    ├── HeadersTooLargeError ........... 431  the request's headers are too large
     ├── LocationError .................. 403  a file:// or s3:// location outside the allowed roots
     ├── ModelError
     │   ├── UnknownModelError .......... 404
@@ -93,6 +94,10 @@ class NotAcceptableError(KoeError):
 
 class AuthError(KoeError):
     type = "unauthorized"
+
+
+class HeadersTooLargeError(KoeError):
+    type = "headers_too_large"
 
 
 class LocationError(KoeError):
@@ -178,6 +183,7 @@ HTTP_STATUS: dict[type[KoeError], int] = {
     UnsupportedMediaTypeError: 415,
     NotAcceptableError: 406,
     AuthError: 401,
+    HeadersTooLargeError: 431,
     LocationError: 403,
     UnknownModelError: 404,
     ModelUnavailableError: 503,

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from koe import __version__
 from koe.api import auth, jobs, metrics, openai, runtime, sagemaker, web
+from koe.api.limits import HeaderLimitMiddleware
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, ModelUnavailableError, error_body, http_status
@@ -67,6 +68,7 @@ def create_app(
         app.include_router(router)
     install_error_handlers(app)
     auth.install(app, settings)  # API keys (koe serve only; the container's settings carry none)
+    app.add_middleware(HeaderLimitMiddleware)  # outermost: before the key check and any body is read
     return app
 
 
