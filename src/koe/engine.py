@@ -53,7 +53,7 @@ class Placement:
 
 def cuda_available() -> bool:
     try:
-        return ctranslate2.get_cuda_device_count() > 0
+        return int(ctranslate2.get_cuda_device_count()) > 0
     except Exception:  # a CPU-only CTranslate2 build, or no driver
         return False
 
@@ -174,9 +174,10 @@ class Engine:
         }
 
     def _sequential(self, audio: Audio, options: TranscribeOptions) -> tuple[Iterable[FwSegment], Any]:
-        return self.model.transcribe(
+        segments, info = self.model.transcribe(
             audio.samples, vad_parameters=vad_parameters(options), **self._common_kwargs(options)
         )
+        return segments, info
 
     @property
     def batcher(self) -> Batcher[ChunkJob, Answer]:
