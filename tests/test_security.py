@@ -1,0 +1,426 @@
+"""Security: API keys on every route (beyond tests/test_auth.py's walk of the OpenAPI schema: every mounted route,
+and paths that try to slip past the check), file:// and s3:// locations confined to the configured roots and
+buckets, no tracebacks or secrets in responses or in the server's log, property tests (hypothesis) for job ids,
+locations, custom attributes and multipart bodies, and schemathesis against the app's OpenAPI schema: no 5xx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.routing import Route
+
+from conftest import AUDIO_DIR
+from jobs_support import boto_client, koe_env, moto_server, start_server, wait_for
+from koe.api import create_app
+from koe.api.app import DEFAULT_ROUTERS
+from koe.api.inputs import MultipartReader
+from koe.api.runtime import AwsError, parse_async_headers
+from koe.config import Settings
+from koe.engine import Engine
+from koe.errors import KoeError, LocationError
+from koe.jobs.model import valid_job_id
+from koe.options import format_custom_attributes, parse_custom_attributes, parse_options
+from koe.storage import FileStore, Location, ObjectStore, S3Store, object_name, parse_location
+from reliability import FaultProxy
+from serving import server_in_thread, wait_ready
+
+KEY = "koe-test-key-7f3a9c1e5b"
+AWS_SECRET = "aws-secret-Zq8Xv2Lm4Np6Rt0Ys9Ku"
+CLIP = AUDIO_DIR / "en" / "azure_whatstheweatherlike.wav"
+
+
+# -- API keys: every mounted route, and attempts to get around the check --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyed_app(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    settings = Settings(
+        model="tiny.en",
+        data_dir=tmp_path_factory.mktemp("security"),
+        jobs_enabled=True,
+        api_keys=[KEY],  # type: ignore[list-item]
+    )
+    return create_app(settings, engine_factory=lambda _: engine)
+
+
+@pytest.fixture(scope="module")
+def keyed_url(keyed_app: FastAPI) -> Iterator[str]:
+    with server_in_thread(keyed_app) as base:
+        wait_ready(base)
+        yield base
+
+
+OPEN_ROUTES = {("GET", "/ping"), ("HEAD", "/ping"), ("GET", "/"), ("HEAD", "/")}
+PAGE_PREFIX = "/static/"
+
+
+def mounted_routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves, in the schema or not: the app's own (OpenAPI, docs) and
+    every route of every router it includes (the web page's helpers too)."""
+    routes = [r for r in app.routes if isinstance(r, Route)]
+    routes += [r for router in DEFAULT_ROUTERS for r in router.routes if isinstance(r, Route)]
+    found = set()
+    for route in routes:
+        path = re.sub(r"\{[^}]+\}", "x", route.path)
+        for method in route.methods or {"GET"}:
+            found.add((method, path))
+    return sorted(found)
+
+
+def test_every_mounted_route_needs_the_key(keyed_app: FastAPI, keyed_url: str) -> None:
+    routes = mounted_routes(keyed_app)
+    assert len(routes) > 15
+    in_schema = set(keyed_app.openapi()["paths"])
+    assert any(re.sub(r"x", "", p) not in in_schema for _, p in routes), "expected routes outside the schema too"
+    with httpx.Client(base_url=keyed_url, timeout=60) as client:
+        for method, path in routes:
+            response = client.request(method, path)
+            if (method, path) in OPEN_ROUTES or (path.startswith(PAGE_PREFIX) and method in ("GET", "HEAD")):
+                assert response.status_code != 401, f"{method} {path}"
+            else:
+                assert response.status_code == 401, f"{method} {path} answered {response.status_code} without a key"
+            keyed = client.request(method, path, headers={"Authorization": f"Bearer {KEY}"})
+            assert keyed.status_code not in (401, 500), f"{method} {path}: {keyed.text[:200]}"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ping/../v1/jobs",
+        "/ping%2F..%2Fv1%2Fjobs",
+        "//v1/jobs",
+        "/v1//jobs",
+        "/V1/JOBS",
+        "/ping/",
+        "/static/../v1/jobs",
+        "/static/%2e%2e/v1/jobs",
+        "/v1/jobs%00",
+        "/v1/jobs?x=/ping",
+        "/openapi.json",
+        "/docs",
+        "/redoc",
+    ],
+)
+def test_paths_that_try_to_slip_past_the_key(keyed_url: str, path: str) -> None:
+    """Raw request targets (not normalized by the client): each is refused (401) or is not a route (404/405)."""
+    with httpx.Client(timeout=30) as client:
+        request = client.build_request("GET", keyed_url)
+        request.url = request.url.copy_with(raw_path=path.encode())
+        response = client.send(request)
+    assert response.status_code in (401, 404, 405), f"{path}: {response.status_code} {response.text[:200]}"
+    if response.status_code != 401:
+        assert "jobs" not in response.text or "error" in response.text
+
+
+def test_keys_in_unusual_places_do_not_count(keyed_url: str) -> None:
+    for params, headers in (
+        ({"api_key": KEY}, {}),
+        ({}, {"Authorization": KEY}),
+        ({}, {"Authorization": f"Token {KEY}"}),
+        ({}, {"Cookie": f"api_key={KEY}"}),
+        ({}, {"X-Api-Key": KEY[:-1]}),
+        ({}, {"X-Api-Key": KEY + " extra"}),
+        ({}, {"Authorization": f"Bearer {KEY.upper()}"}),
+    ):
+        response = httpx.get(f"{keyed_url}/v1/jobs", params=params, headers=headers, timeout=30)
+        assert response.status_code == 401, (params, headers)
+
+
+# -- locations: file:// inside the roots, s3:// inside the allowed buckets ------------------------------------
+
+
+PIECES = st.sampled_from(
+    [
+        "..",
+        ".",
+        "%2e%2e",
+        "%2E.",
+        "",
+        "a",
+        "data",
+        "inputs",
+        "x.wav",
+        "\x00",
+        "%00",
+        "~",
+        "\\..",
+        "..\\",
+        "%2f",
+        "ジョブ",
+        "é",
+        " ",
+        "//",
+        "etc",
+        "passwd",
+        "%252e%252e",
+    ]
+)
+
+
+@st.composite
+def locations(draw: st.DrawFn, root: str) -> str:
+    scheme = draw(st.sampled_from(["file://", "file://localhost", "file://evil", "s3://", "s3://koe/", "s3://other/",
+                                   "http://", "FILE://", ""]))  # fmt: skip
+    base = draw(st.sampled_from([root, "/", "/etc", root + "/..", ""]))
+    parts = draw(st.lists(PIECES, max_size=6))
+    return scheme + base + "/" + "/".join(parts)
+
+
+@given(data=st.data())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_locations_are_confined(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+    """Any string as a location: refused with LocationError, or a file:// path that resolves inside the root, or an
+    s3:// location in the allowed bucket. Nothing else is ever returned or raised."""
+    root = Path(os.path.realpath(tmp_path_factory.getbasetemp() / "confined"))
+    root.mkdir(exist_ok=True)
+    store = ObjectStore(FileStore([root]), S3Store(lambda: None, buckets=["koe"]))
+    url = data.draw(st.one_of(locations(str(root)), st.text(max_size=80)))
+    try:
+        checked = store.check(url)
+    except LocationError:
+        return
+    location = parse_location(checked)
+    if location.scheme == "file":
+        real = Path(os.path.realpath(location.key))
+        assert real == root or real.is_relative_to(root), (url, checked)
+    else:
+        assert location.scheme == "s3" and location.bucket == "koe", (url, checked)
+        assert ".." not in location.key.split("/")
+
+
+@given(st.text(max_size=80))
+@settings(max_examples=500, deadline=None)
+def test_job_ids_become_one_object_name(job_id: str) -> None:
+    """A job id is 1..64 printable ASCII characters; the object named after it is one path segment inside its
+    folder, whatever the id holds (`../`, `/`, `\\`, `%`)."""
+    expected = 1 <= len(job_id) <= 64 and all(32 <= ord(c) <= 126 for c in job_id) and job_id[0] != " "
+    try:
+        valid_job_id(job_id)
+    except ValueError:
+        assert not expected, job_id
+        return
+    assert expected, job_id
+    for suffix in (".out", "-error.out"):
+        name = object_name(job_id, suffix)
+        assert "/" not in name and "\\" not in name and name not in (".", "..")
+        joined = Location("file", "", "/data/outputs").join(name)
+        assert Path(joined.key).parent == Path("/data/outputs")
+        assert Location("s3", "koe", "out").join(name).key == f"out/{name}"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["language", "task", "beam_size", "temperature", "vad", "word_timestamps", "mode"]),
+        st.sampled_from(
+            [
+                "en",
+                "ja",
+                "auto",
+                "transcribe",
+                "translate",
+                "1",
+                "5",
+                "16",
+                "0",
+                "0|0.2",
+                "0.4",
+                "true",
+                "false",
+                "auto",
+                "batched",
+                "sequential",
+            ]
+        ),
+        max_size=5,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_custom_attributes_round_trip(values: dict[str, str]) -> None:
+    """Options that parse survive format -> parse -> format unchanged (what `koe invoke` sends is what the server
+    reads)."""
+    try:
+        options = parse_options(values)
+    except KoeError:
+        return
+    header = format_custom_attributes(options.model_dump(exclude_defaults=True))
+    assert len(header) <= 1024
+    assert parse_options(parse_custom_attributes(header)) == options
+
+
+HEADER_VALUES = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "-1",
+            "0",
+            "59",
+            "60",
+            "21600",
+            "21601",
+            "1e3",
+            " 7 ",
+            "3600",
+            "3601",
+            "../x",
+            "s3://b/k",
+            "file:///etc/passwd",
+            "x" * 1100,
+        ]
+    ),
+)
+ASYNC_HEADERS = [
+    "x-amzn-sagemaker-inputlocation", "x-amzn-sagemaker-content-type", "x-amzn-sagemaker-accept",
+    "x-amzn-sagemaker-custom-attributes", "x-amzn-sagemaker-inference-id", "x-amzn-sagemaker-requestttlseconds",
+    "x-amzn-sagemaker-invocationtimeoutseconds", "x-amzn-sagemaker-s3outputpathextension", "x-amzn-sagemaker-filename",
+]  # fmt: skip
+
+
+@given(st.dictionaries(st.sampled_from(ASYNC_HEADERS), HEADER_VALUES, max_size=6))
+@settings(max_examples=400, deadline=None)
+def test_async_invocation_headers_either_parse_or_are_refused(headers: dict[str, str]) -> None:
+    """InvokeEndpointAsync's headers, any values: an AWS ValidationError or a koe error, never anything else; what
+    parses is within SageMaker's limits."""
+    try:
+        invocation = parse_async_headers(headers, Settings())
+    except (AwsError, KoeError):
+        return
+    assert 60 <= invocation.ttl_s <= 21600 and 1 <= invocation.timeout_s <= 3600
+    assert 1 <= len(invocation.inference_id) <= 64
+
+
+@given(st.binary(max_size=400), st.sampled_from(["koe", "x", "--", "a" * 70]))
+@settings(max_examples=300, deadline=None)
+def test_multipart_bodies_either_parse_or_are_refused(body: bytes, boundary: str) -> None:
+    """Any bytes as a multipart body: an InputError/OptionsError, never another exception."""
+    import io
+
+    sink = io.BytesIO()
+    prefix = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'.encode()
+    for data in (body, prefix + body, prefix + body + f"\r\n--{boundary}--\r\n".encode()):
+        try:
+            reader = MultipartReader(f"multipart/form-data; boundary={boundary}", lambda: sink)
+            reader.write(data)
+            reader.finish()
+        except KoeError:
+            continue
+
+
+# -- no tracebacks or secrets in responses or logs ----------------------------------------------------------
+
+
+def test_no_tracebacks_or_secrets_in_responses_or_logs(tmp_path: Path) -> None:
+    """A `koe serve` with an API key and S3 credentials, sent a battery of bad and failing requests (wrong keys,
+    bad media, S3 errors): neither its answers nor its log (stdout and stderr) hold a traceback, the API key,
+    the AWS secret key, or the wrong keys clients sent."""
+    wrong_key = "wrong-key-Hh3Jk5Lp7"
+
+    def rule(method: str, path: str, seen: int) -> tuple[str, Any]:
+        return ("status", (500, "InternalError")) if "/broken/" in path else ("pass", None)
+
+    with moto_server() as moto, FaultProxy(moto, rule) as proxy:
+        s3 = boto_client("s3", moto)
+        s3.create_bucket(Bucket="koe")
+        s3.upload_file(str(CLIP), "koe", "in/clip.wav")
+        env = koe_env(
+            tmp_path / "data", api_keys=KEY, s3_endpoint_url=proxy.url, s3_region="us-east-1",
+            s3_access_key_id="AKIAKOETESTKEY", s3_secret_access_key=AWS_SECRET, s3_buckets=["koe"],
+            output_path="s3://koe/out", failure_path="s3://koe/fail", storage_attempts=2,
+        )  # fmt: skip
+        server = start_server(env, tmp_path / "serve.log")
+        auth = {"Authorization": f"Bearer {KEY}"}
+        answers: list[httpx.Response] = []
+        try:
+            with httpx.Client(base_url=server.url, timeout=120) as http:
+                for headers in ({}, {"Authorization": f"Bearer {wrong_key}"}, {"X-Api-Key": wrong_key}):
+                    for path in ("/v1/jobs", "/metrics", "/v1/models", "/endpoints/koe/invocations"):
+                        answers.append(http.get(path, headers=headers))
+                bad = {"content": os.urandom(4096), "headers": {**auth, "Content-Type": "audio/wav"}}
+                answers.append(http.post("/invocations", **bad))  # type: ignore[arg-type]
+                answers.append(http.post("/endpoints/koe/invocations", **bad))  # type: ignore[arg-type]
+                answers.append(http.post("/v1/audio/transcriptions", headers=auth, files={"file": ("a", b"\0" * 99)}))
+                answers.append(http.post("/v1/jobs", headers=auth, json={"input_location": "s3://other/in/clip.wav"}))
+                answers.append(http.post("/v1/jobs", headers=auth, json={"input_location": "file:///etc/shadow"}))
+                for job, location in (("ok", "s3://koe/in/clip.wav"), ("broken", "s3://koe/broken/clip.wav"),
+                                      ("missing", "s3://koe/in/none.wav")):  # fmt: skip
+                    body = {"input_location": location, "id": job, "format": "text"}
+                    answers.append(http.post("/v1/jobs", headers=auth, json=body))
+                for job in ("ok", "broken", "missing"):
+                    answers.append(http.get(f"/v1/jobs/{job}", headers=auth))
+                http.headers.update(auth)
+
+                def finished(job: str) -> dict[str, Any] | None:
+                    view: dict[str, Any] = http.get(f"/v1/jobs/{job}").json()
+                    return view if view["status"] not in ("queued", "running") else None
+
+                views = {job: wait_for(lambda job=job: finished(job), 120, 0.2) for job in ("ok", "broken", "missing")}
+                answers.append(http.get("/metrics"))
+                answers.append(http.get("/v1/jobs"))
+        finally:
+            server.stop()
+        failure = s3.get_object(Bucket="koe", Key="fail/broken-error.out")["Body"].read().decode()
+    assert views["ok"]["status"] == "completed"
+    assert views["broken"]["status"] == "failed" and views["missing"]["status"] == "failed"
+    assert [r.status_code for r in answers[:12]] == [401] * 12
+    texts = [r.text + json.dumps(dict(r.headers)) for r in answers] + [failure, json.dumps(views)]
+    log = server.text()
+    for secret in (KEY, AWS_SECRET, wrong_key):
+        for text in [*texts, log]:
+            assert secret not in text
+    for text in [*texts, log]:
+        assert "Traceback" not in text and 'File "/' not in text
+    assert not any(r.status_code >= 500 and r.status_code != 502 for r in answers), [r.status_code for r in answers]
+
+
+# -- schemathesis: the whole OpenAPI schema, no 5xx -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def open_app(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
+    settings = Settings(model="tiny.en", data_dir=tmp_path_factory.mktemp("schemathesis"), jobs_enabled=True)
+    return create_app(settings, engine_factory=lambda _: engine)
+
+
+@pytest.fixture(scope="module")
+def api_url(open_app: FastAPI) -> Iterator[str]:
+    with server_in_thread(open_app) as base:
+        wait_ready(base)
+        yield base
+
+
+def test_schemathesis_no_server_errors(api_url: str) -> None:
+    """Every operation of the OpenAPI schema, with schemathesis' generated requests (a bounded number each):
+    no answer is a 5xx. (schemathesis' pytest plugin needs pytest < 9, so its strategies are driven directly.)"""
+    schema = schemathesis.openapi.from_url(f"{api_url}/openapi.json")
+    failures: list[str] = []
+    calls = [0]
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 14
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        def call(case: Any) -> None:
+            response = case.call(timeout=60)
+            calls[0] += 1
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}")
+
+        call()
+    assert not failures, "\n".join(failures[:20])
+    assert calls[0] >= len(operations) * 3
+
+
+EXAMPLES = int(os.environ.get("KOE_SCHEMATHESIS_EXAMPLES", "25"))
