@@ -219,7 +219,7 @@ class FaultProxy:
 
             def _body(self) -> bytes:
                 if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                    parts = []
+                    parts: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                         if size == 0:
@@ -257,7 +257,8 @@ class FaultProxy:
                     k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")
                 }
                 headers["Content-Length"] = str(len(body))
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                host = proxy.upstream.hostname or "127.0.0.1"
+                conn = http.client.HTTPConnection(host, proxy.upstream.port, timeout=60)
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     response = conn.getresponse()

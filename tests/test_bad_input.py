@@ -463,10 +463,10 @@ def bad_requests(data_dir: Path, sentinel: Path) -> list[Bad]:
     ):
         files = {"file": ("a.wav", WAV, "audio/wav")}
         cases.append(Bad(f"jobs:{label}", "POST", "/v1/jobs", status, error, files=files, data={"id": job_id}))
-    for label, value in (("id_unicode", "ジョブ".encode()), ("id_too_long", b"x" * 65), ("id_control", b"a\x7fb")):
-        headers = (*RAW_HEADERS, ("X-Amzn-SageMaker-Inference-Id", value))
+    for label, raw in (("id_unicode", "ジョブ".encode()), ("id_too_long", b"x" * 65), ("id_control", b"a\x7fb")):
+        id_headers: tuple[tuple[str, str | bytes], ...] = (*RAW_HEADERS, ("X-Amzn-SageMaker-Inference-Id", raw))
         cases.append(Bad(f"runtime_invoke_endpoint_async:{label}", "POST", f"{ENDPOINT}async-invocations", 400,
-                         "ValidationError", WAV, headers))  # fmt: skip
+                         "ValidationError", WAV, id_headers))  # fmt: skip
 
     # Locations outside the roots, through every field that takes one.
     outside = [
@@ -530,7 +530,7 @@ def bad_requests(data_dir: Path, sentinel: Path) -> list[Bad]:
 
 
 def send(url: str, case: Bad) -> httpx.Response:
-    headers = [(k, v.encode("utf-8") if isinstance(v, str) else v) for k, v in case.headers]
+    headers = [(k.encode(), v.encode("utf-8") if isinstance(v, str) else v) for k, v in case.headers]
     return httpx.request(case.method, url + case.path, content=case.content, headers=headers, json=case.json,
                          files=case.files, data=case.data, timeout=60)  # fmt: skip
 
