@@ -208,6 +208,7 @@ async def stop_jobs(app: FastAPI) -> None:
     if endpoint is None:
         return
     await anyio.to_thread.run_sync(endpoint.stop)
+    app.state.threads_left_running = endpoint.pool.threads_left_running
     app.state.jobs = None
 
 

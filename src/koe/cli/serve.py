@@ -42,6 +42,11 @@ def serve_command(
     if "jobs_enabled" not in settings.model_fields_set:  # koe serve is the local async endpoint
         settings = settings.model_copy(update={"jobs_enabled": True})
     configure_logging(log_level)
-    if not run(create_app(settings), settings, log_level=log_level):
+    app = create_app(settings)
+    if not run(app, settings, log_level=log_level):
         sys.stdout.flush()
         os._exit(1)  # forced: request threads may still be running; don't wait for them
+    if getattr(app.state, "threads_left_running", 0):  # jobs released, their threads still in the model
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # finalizing the interpreter under them would abort (SIGABRT)

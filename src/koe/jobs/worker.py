@@ -136,6 +136,9 @@ class WorkerPool:
         self._signals = 0
         self._stop_requested_at: float | None = None
         self._threads: list[threading.Thread] = []
+        self.threads_left_running = 0
+        """After `stop()`: job threads that did not finish (their jobs were released). A process must then end with
+        `os._exit`: finalizing the interpreter under a thread that is inside CTranslate2 aborts it (SIGABRT)."""
         self._effects = ThreadPoolExecutor(max_workers=2, thread_name_prefix="koe-effects")
         engines.on_change = self._model_changed
 
@@ -185,6 +188,9 @@ class WorkerPool:
             self.force_stop()
         for thread in self._threads[:-1]:
             thread.join(timeout=2.0)
+        self.threads_left_running = sum(1 for t in self._threads[:-1] if t.is_alive())
+        if self.threads_left_running:  # released jobs whose threads are still inside the model (native code)
+            logger.warning("%d job thread(s) still inside the model; exit without waiting", self.threads_left_running)
         self._halt.set()
         if self._threads:
             self._threads[-1].join(timeout=5.0)
