@@ -150,8 +150,13 @@ class Chaos:
     def url(self) -> str:
         return self.server.url
 
-    def kill(self, rng: random.Random) -> str:
-        victim = rng.choice(["server", *[f"worker{i}" for i in range(len(self.workers))]])
+    def plan(self, kills: int, rng: random.Random) -> list[str]:
+        """Which process each kill hits: half of them `koe serve`, the rest the workers in turn, shuffled."""
+        victims = ["server"] * (kills // 2) + [f"worker{i % len(self.workers)}" for i in range(kills - kills // 2)]
+        rng.shuffle(victims)
+        return victims
+
+    def kill(self, victim: str) -> str:
         if victim == "server":
             self.server.process.send_signal(signal.SIGKILL)
             self.server.process.wait()
@@ -196,10 +201,10 @@ def run_chaos(tmp: Path, *, jobs: int, kills: int, workers: int, seed: int, budg
         thread = threading.Thread(target=submitter, daemon=True)
         thread.start()
         try:
-            victims = []
-            for _ in range(kills):
-                time.sleep(rng.uniform(0.3, 3.0))
-                victims.append(chaos.kill(rng))
+            timing = random.Random(seed + 1000)  # the submitter thread draws from `rng`
+            for victim in chaos.plan(kills, timing):
+                time.sleep(timing.uniform(0.3, 3.0))
+                chaos.kill(victim)
             thread.join(max(1.0, deadline - time.monotonic()))
             assert submitted == ids, f"only {len(submitted)} of {jobs} submitted in time"
 
@@ -517,6 +522,31 @@ def test_the_job_thread_survives_an_error_while_recording_an_outcome(tmp_path: P
         pool.stop(0)
         queue.close()
     assert ran[:2] == ["d", "e"]
+
+
+def test_stop_reports_job_threads_still_inside_the_model(tmp_path: Path) -> None:
+    """A released job's thread that is still in native code when the pool stops is counted, so `koe serve` and
+    `koe worker` end with os._exit instead of finalizing the interpreter under it (which aborts: SIGABRT)."""
+    queue = JobQueue(tmp_path / "koe.db")
+    queue.submit(local_request(tmp_path, "f"), "f")
+    pool = WorkerPool(
+        queue,
+        ObjectStore(FileStore([tmp_path])),
+        _NoEngines(),  # type: ignore[arg-type]
+        config=WorkerConfig(concurrency=1, poll_s=0.05, heartbeat_s=0.2, reap_interval_s=0.2, lease_s=30),
+    )
+    inside = threading.Event()
+
+    def run(claim: Any) -> None:  # a model call that does not look at the abort flag for a while
+        inside.set()
+        time.sleep(4)
+
+    pool._run = run  # type: ignore[method-assign]
+    pool.start()
+    assert inside.wait(10)
+    pool.stop(0)
+    assert pool.threads_left_running == 1
+    queue.close()
 
 
 class _NoEngines:
