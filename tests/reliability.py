@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import sqlite3
 import subprocess
@@ -25,6 +26,14 @@ from urllib.parse import urlsplit
 from jobs_support import free_port
 
 FINISHED = ("completed", "failed", "expired", "cancelled")
+
+
+def report(test: str, **figures: Any) -> None:
+    """Append measured figures as a JSON line to $KOE_RELIABILITY_REPORT, if set (they feed docs/reliability.md)."""
+    target = os.environ.get("KOE_RELIABILITY_REPORT")
+    if target:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"test": test, **figures}) + "\n")
 
 
 # -- the queue's database, read directly ---------------------------------------------------------------------

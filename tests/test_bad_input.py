@@ -35,7 +35,7 @@ from jobs_support import KOE, KoeProcess, koe_env, start_server, wait_finished
 from koe import errors
 from koe.audio import decode
 from media import encode_audio, video_only
-from reliability import read_jobs, snapshot
+from reliability import read_jobs, report, snapshot
 
 MAX_DURATION_S = 60
 ENDPOINT = "/endpoints/koe-test/"
@@ -295,6 +295,7 @@ def test_bad_media_at_the_synchronous_doors(stack: Stack, media: dict[str, bytes
         else:
             assert (outcome.status, outcome.error_type) == (STATUS[expected], expected), (name, outcome)
         healthy(stack)
+    report("bad_media", door=door, inputs=len(MEDIA_EXPECTED))
 
 
 @pytest.mark.parametrize("door", sorted(ASYNC_DOORS))
@@ -321,6 +322,7 @@ def test_bad_media_at_the_asynchronous_doors(stack: Stack, media: dict[str, byte
             assert failure_object(stack, job_id)["error"]["type"] == expected
             assert not output.exists()
         healthy(stack)
+    report("bad_media", door=door, inputs=len(MEDIA_EXPECTED))
 
 
 def test_bad_media_at_the_cli(stack: Stack, media: dict[str, bytes], tmp_path: Path) -> None:
@@ -348,6 +350,7 @@ def test_bad_media_at_the_cli(stack: Stack, media: dict[str, bytes], tmp_path: P
         else:
             assert line is not None and words[expected] in line, (name, line)
     assert "Traceback" not in result.stderr
+    report("bad_media", door="cli", inputs=len(MEDIA_EXPECTED))
 
 
 # -- bad requests: bodies, headers, options, ids and locations ----------------------------------------------
@@ -566,6 +569,7 @@ def test_bad_requests(stack: Stack) -> None:
         door = case.name.split(":")[0]
         per_door[door] = per_door.get(door, 0) + 1
         healthy(stack)
+    report("bad_requests", per_door=per_door, total=len(cases))
     assert not problems, "\n".join(problems)
 
 

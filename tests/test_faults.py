@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import re
 import signal
@@ -44,19 +43,11 @@ from koe.jobs.queue import JobQueue
 from koe.jobs.worker import WorkerConfig, WorkerPool, run_effects
 from koe.metrics import Metrics
 from koe.storage import FileStore, ObjectStore, file_location
-from reliability import FINISHED, Fault, FaultProxy, OutputWatcher, can_mount, fill, integrity, read_jobs, tmpfs
+from reliability import FINISHED, Fault, FaultProxy, OutputWatcher, can_mount, fill, integrity, read_jobs, report, tmpfs
 
 CLIP = AUDIO_DIR / "en" / "azure_whatstheweatherlike.wav"  # 2 s: "What's the weather like?"
 LONG_CLIP = AUDIO_DIR / "en" / "jfk.flac"  # 11 s
 FAST = {"beam_size": "1", "format": "text", "temperature": "0"}
-
-
-def report(kind: str, **figures: Any) -> None:
-    """Append measured figures to $KOE_RELIABILITY_REPORT (for docs/reliability.md), if set."""
-    target = os.environ.get("KOE_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"test": kind, **figures}) + "\n")
 
 
 def submit(url: str, job_id: str, clip: Path = CLIP, fields: dict[str, str] | None = None) -> dict[str, Any]:

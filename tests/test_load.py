@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import os
 import statistics
 import threading
 import time
@@ -30,19 +28,12 @@ from conftest import AUDIO_DIR
 from jobs_support import KoeProcess, koe_env, start_server, wait_for
 from koe.audio import SAMPLE_RATE, decode
 from media import encode_audio
-from reliability import integrity, read_jobs
+from reliability import integrity, read_jobs, report
 
 CLIENTS = 50
 RSS_TOLERANCE_MB = 25.0
 """How much the server's RSS may grow over 1,000 requests after warm-up. A leak of even 25 KB per request would
 exceed it; what is left is allocator and SQLite page-cache noise (measured: a few MB, see docs/reliability.md)."""
-
-
-def report(kind: str, **figures: Any) -> None:
-    target = os.environ.get("KOE_RELIABILITY_REPORT")
-    if target:
-        with open(target, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"test": kind, **figures}) + "\n")
 
 
 @pytest.fixture(scope="module")
