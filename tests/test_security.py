@@ -372,6 +372,7 @@ def test_no_tracebacks_or_secrets_in_responses_or_logs(tmp_path: Path) -> None:
         finally:
             server.stop()
         failure = s3.get_object(Bucket="koe", Key="fail/broken-error.out")["Body"].read().decode()
+        assert not proxy.requests(contains="/other"), "a bucket outside KOE_S3_BUCKETS was reached"
     assert views["ok"]["status"] == "completed"
     assert views["broken"]["status"] == "failed" and views["missing"]["status"] == "failed"
     assert [r.status_code for r in answers[:12]] == [401] * 12
