@@ -263,3 +263,24 @@ def test_language_is_detected_per_request(base_engine, manifest, jfk: Path) -> N
         found = list(pool.map(lambda a: base_engine.transcribe(a, parse_options({"mode": "batched"})), audios))
     assert [t.language for t in found] == ["en", "ja"]
     assert "ask not" in found[0].text.lower() and found[1].text
+
+
+def test_long_audio_is_planned_block_by_block(manifest) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from koe.audio import SAMPLE_RATE
+    from koe.pipeline import CHUNK_S, VAD_BLOCK_S, Plan, block_cuts
+
+    long = next(c for c in manifest if c.path.name == "en_asterisk_prompts_even.opus")
+    samples = decode(long.path).samples
+    assert len(samples) > 2 * VAD_BLOCK_S * SAMPLE_RATE
+    cuts = block_cuts(samples)
+    assert cuts[0] == 0 and cuts[-1] == len(samples) and len(cuts) >= 3 and cuts == sorted(cuts)
+    plan = Plan(samples, parse_options({}))
+    chunks = list(plan.chunks())
+    assert plan.speech and all(a["end"] <= b["start"] for a, b in zip(plan.speech, plan.speech[1:], strict=False))
+    assert all(0 < c.duration <= CHUNK_S for c in chunks)
+    offsets = np.cumsum([0.0] + [c.duration for c in chunks[:-1]])
+    assert np.allclose([c.offset for c in chunks], offsets)  # speech time: the chunks back to back
+    ends = [c.end for c in chunks]
+    assert ends == sorted(ends) and ends[-1] <= len(samples) / SAMPLE_RATE

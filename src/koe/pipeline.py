@@ -23,8 +23,13 @@ faster-whisper's `BatchedInferencePipeline`.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Hashable, Sequence
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -42,13 +47,16 @@ from faster_whisper.transcribe import (
     get_suppressed_tokens,
     restore_speech_timestamps,
 )
-from faster_whisper.vad import SpeechTimestampsMap, VadOptions, collect_chunks, get_speech_timestamps
+from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from koe.batcher import Batcher, Requeue, Ticket
 from koe.options import TranscribeOptions
 
 SAMPLE_RATE = 16_000
 CHUNK_S = 30
+VAD_BLOCK_S = 300.0  # long audio: VAD runs on blocks about this long, in parallel, ahead of decoding
+PREP_WORKERS = max(1, min(4, os.cpu_count() or 1))  # the preparation pool's threads (VAD, features)
+FEATURES_AHEAD = 8  # chunks whose features a request computes ahead of submitting them
 MIN_RESUME_S = 1.0  # audio left after the model stopped early that is worth a continuation item
 MAX_CONTINUATIONS = 4  # per chunk
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -199,9 +207,7 @@ class WhisperRunner:
         seq_len = len(tokens)
         avg_logprob = result.scores[0] * (seq_len**key.length_penalty) / (seq_len + 1)
         text = spec.tokenizer.decode(tokens).strip()
-        attempt = Attempt(
-            tokens, avg_logprob, result.no_speech_prob, get_compression_ratio(text), key.temperature
-        )
+        attempt = Attempt(tokens, avg_logprob, result.no_speech_prob, get_compression_ratio(text), key.temperature)
         job.attempts.append(attempt)
         if needs_fallback(spec, attempt):
             if len(job.attempts) < len(spec.temperatures):
@@ -266,19 +272,12 @@ class WhisperRunner:
 def needs_fallback(spec: RequestSpec, attempt: Attempt) -> bool:
     """The sequential path's rule: too repetitive or too unlikely, unless the chunk is silence."""
     failed = False
-    if (
-        spec.compression_ratio_threshold is not None
-        and attempt.compression_ratio > spec.compression_ratio_threshold
-    ):
+    if spec.compression_ratio_threshold is not None and attempt.compression_ratio > spec.compression_ratio_threshold:
         failed = True
     low_logprob = spec.log_prob_threshold is not None and attempt.avg_logprob < spec.log_prob_threshold
     if low_logprob:
         failed = True
-    if (
-        low_logprob
-        and spec.no_speech_threshold is not None
-        and attempt.no_speech_prob > spec.no_speech_threshold
-    ):
+    if low_logprob and spec.no_speech_threshold is not None and attempt.no_speech_prob > spec.no_speech_threshold:
         failed = False  # silence: nothing to gain from a higher temperature
     return failed
 
@@ -309,46 +308,102 @@ class Chunk:
     end: float  # where the chunk ends in the file, seconds (for progress)
 
 
-@dataclass
 class Plan:
-    chunks: list[Chunk]
-    speech: list[dict[str, int]] | None  # VAD speech timestamps (samples), to map times back; None: no VAD
+    """Cuts a request's audio into chunks of at most 30 s, lazily: speech found by VAD and packed together
+    in order (as `faster_whisper.vad.collect_chunks` packs it), or plain 30 s windows without VAD.
+
+    Long audio is cut into blocks of about `VAD_BLOCK_S` at the quietest point near each cut, and VAD runs
+    on the blocks in the preparation pool, a few blocks ahead of the chunks being decoded: the first chunks
+    reach the batcher before VAD has seen the whole file, and VAD of one file uses several cores.
+    """
+
+    def __init__(self, samples: Floats, options: TranscribeOptions) -> None:
+        self.samples = samples
+        self.vad: VadOptions | None = None
+        if options.vad:
+            self.vad = VadOptions(
+                threshold=options.vad_threshold,
+                min_speech_duration_ms=options.vad_min_speech_ms,
+                min_silence_duration_ms=options.vad_min_silence_ms,
+                speech_pad_ms=options.vad_speech_pad_ms,
+                max_speech_duration_s=CHUNK_S,
+            )
+        # Speech timestamps (samples) found so far, in order: what maps speech time back to file time.
+        self.speech: list[dict[str, int]] | None = [] if options.vad else None
+
+    def chunks(self) -> Iterator[Chunk]:
+        if self.speech is None:
+            yield from self._windows()
+            return
+        limit = CHUNK_S * SAMPLE_RATE
+        packed: list[dict[str, int]] = []
+        size = total = 0
+        for segment in self._speech():
+            length = segment["end"] - segment["start"]
+            if packed and size + length > limit:
+                yield self._chunk(packed, size, total)
+                total += size
+                packed, size = [], 0
+            self.speech.append(segment)
+            packed.append(segment)
+            size += length
+        if packed:
+            yield self._chunk(packed, size, total)
+
+    def _chunk(self, segments: list[dict[str, int]], size: int, before: int) -> Chunk:
+        pieces = [self.samples[s["start"] : s["end"]] for s in segments]
+        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        return Chunk(samples, before / SAMPLE_RATE, size / SAMPLE_RATE, segments[-1]["end"] / SAMPLE_RATE)
+
+    def _windows(self) -> Iterator[Chunk]:
+        step = CHUNK_S * SAMPLE_RATE
+        for a in range(0, len(self.samples), step):
+            b = min(a + step, len(self.samples))
+            yield Chunk(self.samples[a:b], a / SAMPLE_RATE, (b - a) / SAMPLE_RATE, b / SAMPLE_RATE)
+
+    def _speech(self) -> Iterator[dict[str, int]]:
+        """Speech timestamps of the whole file, block by block, VAD running a few blocks ahead."""
+        cuts = block_cuts(self.samples)
+        pool = prep_pool()
+        pending: deque[tuple[int, Future[list[dict[str, int]]]]] = deque()
+        blocks = itertools.pairwise(cuts)
+        while True:
+            while len(pending) < PREP_WORKERS and (block := next(blocks, None)) is not None:
+                a, b = block
+                pending.append((a, pool.submit(get_speech_timestamps, self.samples[a:b], self.vad)))
+            if not pending:
+                return
+            start, found = pending.popleft()
+            for segment in found.result():
+                yield {"start": segment["start"] + start, "end": segment["end"] + start}
 
 
-def plan_chunks(samples: Floats, options: TranscribeOptions) -> Plan:
-    """Cut the audio into chunks of at most 30 s: speech found by VAD and packed together, or plain 30 s
-    windows without VAD."""
-    duration = len(samples) / SAMPLE_RATE
-    if not options.vad:
-        starts = range(0, max(1, math.ceil(duration / CHUNK_S)))
-        chunks = []
-        for i in starts:
-            a, b = i * CHUNK_S * SAMPLE_RATE, min((i + 1) * CHUNK_S * SAMPLE_RATE, len(samples))
-            chunks.append(Chunk(samples[a:b], a / SAMPLE_RATE, (b - a) / SAMPLE_RATE, b / SAMPLE_RATE))
-        return Plan([c for c in chunks if c.duration > 0], None)
-    vad = VadOptions(
-        threshold=options.vad_threshold,
-        min_speech_duration_ms=options.vad_min_speech_ms,
-        min_silence_duration_ms=options.vad_min_silence_ms,
-        speech_pad_ms=options.vad_speech_pad_ms,
-        max_speech_duration_s=CHUNK_S,
-    )
-    speech = get_speech_timestamps(samples, vad)
-    if not speech:
-        return Plan([], speech)
-    pieces, metadata = collect_chunks(samples, speech, max_duration=CHUNK_S)
-    ts_map = SpeechTimestampsMap(speech, SAMPLE_RATE)
-    chunks = [
-        Chunk(
-            piece,
-            meta["offset"],
-            meta["duration"],
-            ts_map.get_original_time(meta["offset"] + meta["duration"], is_end=True),
-        )
-        for piece, meta in zip(pieces, metadata, strict=True)
-        if meta["duration"] > 0
-    ]
-    return Plan(chunks, speech)
+def block_cuts(samples: Floats) -> list[int]:
+    """Where to cut long audio for VAD: about every `VAD_BLOCK_S`, at the quietest 50 ms within 5 s."""
+    n, block = len(samples), int(VAD_BLOCK_S * SAMPLE_RATE)
+    if n <= 2 * block:
+        return [0, n]
+    cuts = [0]
+    frame, reach = SAMPLE_RATE // 20, 5 * SAMPLE_RATE
+    while n - cuts[-1] > 2 * block:
+        lo = cuts[-1] + block - reach
+        window = samples[lo : lo + 2 * reach]
+        frames = window[: len(window) // frame * frame].reshape(-1, frame)
+        cuts.append(lo + int(np.argmin(np.square(frames).mean(axis=1))) * frame)
+    return [*cuts, n]
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def prep_pool() -> ThreadPoolExecutor:
+    """The small pool every request's CPU preparation (VAD blocks, log-mel features) shares."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(PREP_WORKERS, thread_name_prefix="koe-prep")
+        return _pool
 
 
 def features(model: WhisperModel, samples: Floats) -> Floats:
@@ -398,28 +453,48 @@ def transcribe_batched(
     options: TranscribeOptions,
     progress: Progress | None = None,
 ) -> BatchedResult:
-    """Transcribe one request's audio through the shared batcher; the calling thread does the CPU work."""
+    """Transcribe one request's audio through the shared batcher. The calling thread plans the chunks and
+    submits them; VAD and features run in the preparation pool a few chunks ahead."""
     duration = len(samples) / SAMPLE_RATE
-    plan = plan_chunks(samples, options)
+    plan = Plan(samples, options)
+    prepared = _prepared(model, plan.chunks())
     language, probability = options.language, 1.0
     if not model.model.is_multilingual:
         language = "en"
-    if not plan.chunks:
+    first = next(prepared, None)
+    if first is None:
         return BatchedResult([], language or "en", 1.0 if language else 0.0, 0)
     with batcher.open() as ticket:
-        first = features(model, plan.chunks[0].samples)
         if language is None:
-            index = ticket.submit(DETECT, ChunkJob(first, 0.0, 0.0))
+            index = ticket.submit(DETECT, ChunkJob(first[1], 0.0, 0.0))
             found = ticket.wait(index)
             assert isinstance(found, list)
             language, probability = found[0]
         spec = request_spec(model, options, language)
-        results = _decode_all(model, ticket, spec, plan, first, duration, progress)
+        results = _decode_all(model, ticket, spec, itertools.chain([first], prepared), duration, progress)
     segments = _to_segments(results, spec)
     if plan.speech is not None:
         segments = list(restore_speech_timestamps(segments, plan.speech, SAMPLE_RATE))
     fallbacks = sum(r.fallbacks for r in results)
     return BatchedResult(segments, language, probability, fallbacks)
+
+
+def _prepared(model: WhisperModel, chunks: Iterator[Chunk]) -> Iterator[tuple[Chunk, Floats]]:
+    """The chunks with their features, computed in the preparation pool a few chunks ahead."""
+    pool = prep_pool()
+    pending: deque[tuple[Chunk, Future[Floats]]] = deque()
+    try:
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(features, model, chunk.samples)))
+            if len(pending) > FEATURES_AHEAD:
+                chunk, future = pending.popleft()
+                yield chunk, future.result()
+        while pending:
+            chunk, future = pending.popleft()
+            yield chunk, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
 
 
 @dataclass
@@ -437,8 +512,7 @@ def _decode_all(
     model: WhisperModel,
     ticket: Ticket[ChunkJob, Answer],
     spec: RequestSpec,
-    plan: Plan,
-    first: Floats,
+    prepared: Iterator[tuple[Chunk, Floats]],
     duration: float,
     progress: Progress | None,
 ) -> list[ChunkResult]:
@@ -466,9 +540,7 @@ def _decode_all(
                     continue
                 slot.consumed += answer.resume_at
                 rest = slot.chunk.samples[int(slot.consumed * SAMPLE_RATE) :]
-                job = ChunkJob(
-                    features(model, rest), slot.chunk.offset + slot.consumed, len(rest) / SAMPLE_RATE, spec
-                )
+                job = ChunkJob(features(model, rest), slot.chunk.offset + slot.consumed, len(rest) / SAMPLE_RATE, spec)
                 slot.handles.append(ticket.submit(key, job))
         while reported < len(slots) and slots[reported].done:
             if progress:
@@ -476,8 +548,7 @@ def _decode_all(
             reported += 1
         return moved
 
-    for i, chunk in enumerate(plan.chunks):
-        feats = first if i == 0 else features(model, chunk.samples)
+    for chunk, feats in prepared:
         slots.append(_Slot(chunk, [ticket.submit(key, ChunkJob(feats, chunk.offset, chunk.duration, spec))]))
         collect()
     while reported < len(slots):
@@ -498,9 +569,7 @@ def _to_segments(results: list[ChunkResult], spec: RequestSpec) -> list[FwSegmen
                 continue
             words = None
             if spec.word_timestamps:
-                words = [
-                    FwWord(w["start"], w["end"], w["word"], w["probability"]) for w in seg.get("words", [])
-                ]
+                words = [FwWord(w["start"], w["end"], w["word"], w["probability"]) for w in seg.get("words", [])]
             out.append(
                 FwSegment(
                     id=len(out) + 1,

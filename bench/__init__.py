@@ -1,0 +1,1 @@
+"""koe's benchmark: `python -m bench` (see __main__.py)."""
