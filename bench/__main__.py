@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--only", default="S1,S2,S3", help="comma list of scenarios to run (default all)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="S1 and S2: run each configuration this many times, keep the fastest"
+    )
     args = parser.parse_args(argv)
     only = {s.strip().upper() for s in args.only.split(",")}
     began = time.perf_counter()
@@ -60,21 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         long = data.long_audio(None if full else 180.0)
         log(f"S1: {long.name}, {long.duration:.0f} s")
         configs = scenarios.configurations(model, engine, batch_sizes, koe_sizes)
-        runs = scenarios.one_request(engine, configs, [long], warmup, log)
+        runs = scenarios.one_request(engine, configs, [long], warmup, log, args.rounds)
         results["S1"] = {
             "audio": long.name,
             "audio_s": round(long.duration, 1),
+            "rounds": args.rounds,
             "runs": {name: run.as_dict() for name, run in runs.items()},
         }
     if "S2" in only:
         s2_clips = data.short_clips(None if full else 16)
         clients = [1, 8, 32, 64] if full else [1, 4, 16]
         log(f"S2: {len(s2_clips)} clips, {sum(c.duration for c in s2_clips):.0f} s, clients {clients}")
-        runs2 = scenarios.concurrent_http(model, engine, s2_clips, clients, koe_sizes, log)
+        runs2 = scenarios.concurrent_http(model, engine, s2_clips, clients, koe_sizes, log, args.rounds)
         results["S2"] = {
             "requests": len(s2_clips),
             "audio_s": round(sum(c.duration for c in s2_clips), 1),
             "clients": clients,
+            "rounds": args.rounds,
             "runs": runs2,
         }
     if "S3" in only:

@@ -46,8 +46,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"## S1: one long file ({s1['audio']}, {s1['audio_s']:.0f} s)",
             "",
-            "*x real time*: audio seconds per wall-clock second; *per CPU s*: audio seconds per CPU second of "
-            "this process (steadier than wall time on a shared machine).",
+            "*x real time*: audio seconds per wall-clock second (the fastest of "
+            f"{s1.get('rounds', 1)} round(s)); *per CPU s*: audio seconds per CPU second of this process (steadier "
+            "than wall time on a shared machine).",
             "",
             "| configuration | x real time | vs the recipe | per CPU s | WER | fallbacks |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -66,7 +67,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"## S2: {s2['requests']} short requests ({s2['audio_s']:.0f} s of audio) through HTTP",
             "",
             "Aggregate x real time (and its ratio to the peer server) / p50 / p95 latency in seconds, by number "
-            "of concurrent clients.",
+            f"of concurrent clients (each the fastest of {s2.get('rounds', 1)} round(s)).",
             "",
             "| configuration | " + " | ".join(f"{n} clients" for n in clients) + " |",
             "| --- | " + " | ".join("---:" for _ in clients) + " |",

@@ -53,9 +53,7 @@ class Runner(Protocol[P_contra, R_co]):
     """Runs one batch. Returns one answer per item, in order: a result, `Requeue`, or an exception (which
     fails only that item's request). Raising fails the whole batch (its items are then run again alone)."""
 
-    def run(
-        self, key: Hashable, payloads: Sequence[P_contra]
-    ) -> Sequence[R_co | Requeue | BaseException]: ...
+    def run(self, key: Hashable, payloads: Sequence[P_contra]) -> Sequence[R_co | Requeue | BaseException]: ...
 
 
 @dataclass
@@ -210,9 +208,7 @@ class Batcher(Generic[P, R]):
         self._queued = 0
         self._ids = itertools.count(1)
         self._stopped = False
-        self._threads = [
-            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)
-        ]
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
 
@@ -246,9 +242,7 @@ class Batcher(Generic[P, R]):
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
-    def _put(
-        self, ticket: Ticket[P, R], index: int, key: Hashable, payload: P, timeout: float | None
-    ) -> None:
+    def _put(self, ticket: Ticket[P, R], index: int, key: Hashable, payload: P, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:

@@ -124,11 +124,13 @@ class Engine:
     def resolve_mode(self, options: TranscribeOptions) -> str:
         """`auto` is batched, on a GPU and on a CPU alike.
 
-        Measured on the 2-core CPU (tiny.en, int8, `python -m bench`, README "Performance"): koe's batched
-        path was 1.46x the sequential path's speed on a long file (15.4x vs 10.6x real time on 174 s; 1.2x
-        in CPU time) and equal on short clips one at a time (4.6x vs 4.5x real time on 22 clips, CPU time
-        within 1%), and no slower under concurrent load; so batched is never slower than the better of the two
-        there. On a CPU its batches are capped at `CPU_BATCH_SIZE` (see `batcher`)."""
+        Measured on the 2-core CPU with tiny.en int8 (`make bench ARGS="--rounds 2"`, bench/results/
+        2026-11-25-vm.md, README "Performance"): on a long file (174 s) koe's batched path ran at 15.6x real
+        time against 13.0x for the sequential path (1.2x; 1.2x in CPU time too); on short clips one at a
+        time 6.9x against 6.8x (CPU time equal); under concurrent HTTP load (1/4/16 clients) 3.8/4.5/4.7x
+        against 3.5/4.6/5.2x, within the run-to-run noise of that shared machine, with equal or less CPU time
+        per request. So batched is never slower than the better of the two there. On a CPU its batches are
+        capped at `CPU_BATCH_SIZE` (see `batcher`)."""
         if options.mode != "auto":
             return options.mode
         return "batched"
@@ -199,8 +201,8 @@ class Engine:
                 size = self.batch_size
                 if self.placement.device != "cuda":
                     # A CPU gains nothing from batches past a few items (CPU time per audio second was the
-                    # same for 4 and 16), and a batch finishes all at once: 16 clients waited 25 s (p50)
-                    # with batches of 16 and 15 s with batches of 4, for the same throughput.
+                    # same for 4 and 16), and a batch finishes all at once: 16 concurrent clients waited
+                    # 16.9 s (p50) with batches of 16 and 10.1 s with batches of 4, at the same throughput.
                     size = min(size, CPU_BATCH_SIZE)
                 self._batcher = make_batcher(self.model, size)
             return self._batcher
