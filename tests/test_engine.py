@@ -117,3 +117,19 @@ def test_concurrent_calls_share_one_engine(engine, jfk: Path) -> None:  # type: 
         texts = list(pool.map(lambda mode: engine.transcribe(audio, parse_options({"mode": mode})).text,
                               ["sequential", "batched"] * 2))  # fmt: skip
     assert all("ask not what your country" in t.lower() for t in texts)
+
+
+def test_stream_yields_segments_as_they_finish(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    sonnet = next(c for c in manifest if c.path.name == "librivox_shakespeare_sonnet_3.mp3")
+    audio = decode(sonnet.path)
+    started = time.perf_counter()
+    arrivals = []
+    segments = []
+    for segment in engine.stream(audio):
+        arrivals.append(time.perf_counter() - started)
+        segments.append(segment)
+    assert len(segments) >= 3 and [s.id for s in segments] == list(range(len(segments)))
+    assert arrivals[0] < 0.7 * arrivals[-1]  # the first segment came long before the last
+    assert wer(sonnet.reference, " ".join(s.text for s in segments)) < 0.4

@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,23 @@ class Engine:
             duration=audio.duration,
             task=options.task,
         )
+
+    def stream(self, audio: Audio, options: TranscribeOptions | None = None) -> Iterator[Segment]:
+        """Segments as the model finishes them (blocking; consume it in a worker thread).
+
+        Decoding window after window is what yields the first segment early, so `auto` streams sequentially;
+        an explicit `batched` mode finishes all chunks together and yields its segments at the end."""
+        options = options or TranscribeOptions()
+        self.check(options)
+        if options.mode == "batched":
+            yield from self.transcribe(audio, options).segments
+            return
+        try:
+            segments, _info = self._sequential(audio, options)
+            for index, segment in enumerate(segments):
+                yield _segment(index, segment)
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"transcription failed: {exc}") from exc
 
     def _common_kwargs(self, options: TranscribeOptions) -> dict[str, Any]:
         return {

@@ -27,7 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,7 +40,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from koe import engine as engine_module
 from koe.api.deps import app_settings, engine_for
 from koe.api.inputs import body_kind, received_body
 from koe.api.routing import scoped_errors
@@ -49,7 +48,6 @@ from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import (
     AudioTooLongError,
-    EngineError,
     InputError,
     InputTooLargeError,
     KoeError,
@@ -411,25 +409,6 @@ def render_transcript(transcript: Transcript, asked: AudioRequest) -> Response:
 # Streaming ------------------------------------------------------------------------------------------------
 
 
-def iter_segments(engine: Engine, audio: Audio, options: TranscribeOptions) -> Iterator[Segment]:
-    """The transcript's segments, each as soon as the model finishes it (blocking: run it in a thread).
-
-    Sequential decoding (the CPU default) finishes segments one by one. The batched path finishes them
-    together, so they all come at the end.
-    """
-    if engine.resolve_mode(options) != "sequential":
-        yield from engine.transcribe(audio, options).segments
-        return
-    engine.check(options)
-    # The engine's public transcribe() returns the whole transcript; streaming needs its lazy segment flow.
-    try:
-        segments, _info = engine._sequential(audio, options)
-        for index, segment in enumerate(segments):
-            yield engine_module._segment(index, segment)
-    except (RuntimeError, ValueError) as exc:
-        raise EngineError(f"transcription failed: {exc}") from exc
-
-
 def sse(event: Mapping[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
@@ -450,7 +429,7 @@ async def sse_events(engine: Engine, audio: Audio, options: TranscribeOptions) -
 
     def work() -> None:
         try:
-            for segment in iter_segments(engine, audio, options):
+            for segment in engine.stream(audio, options):
                 if stop.is_set():
                     return
                 put(segment)
