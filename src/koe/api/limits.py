@@ -2,7 +2,9 @@
 
 uvicorn's h11 parser bounds only a head that arrives in pieces (16 KiB); a client that sends a large head in one
 go reaches the app with it. This middleware answers such a request 431 without reading its body, whatever route it
-was meant for. SageMaker's own limits are far below this one (custom attributes: 1024 characters).
+was meant for. SageMaker's own limits are far below this one (custom attributes: 1024 characters). It drops up
+to `DRAIN_BYTES` of the body first: a client still sending a small body then reads the 431 instead of a reset
+connection; a larger body is cut off by `Connection: close`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from koe.errors import HeadersTooLargeError, error_body, http_status
 
 MAX_HEADER_BYTES = 64 * 1024
+DRAIN_BYTES = 1024 * 1024
 
 
 class HeaderLimitMiddleware:
@@ -32,6 +35,19 @@ class HeaderLimitMiddleware:
                 response = JSONResponse(
                     error_body(error), status_code=http_status(error), headers={"Connection": "close"}
                 )
+                await _drain(receive, DRAIN_BYTES)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Read and drop the request body, up to about `limit` bytes."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
