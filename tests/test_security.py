@@ -426,3 +426,74 @@ def test_schemathesis_no_server_errors(api_url: str) -> None:
 
 
 EXAMPLES = int(os.environ.get("KOE_SCHEMATHESIS_EXAMPLES", "25"))
+
+
+# -- the security review's holes (issue 14): each test failed before its fix ------------------------------------
+
+
+def test_a_rebound_host_name_is_refused(api_url: str) -> None:
+    """DNS rebinding: `attacker.example` rebound to 127.0.0.1 reaches the server with its own name in Host; the
+    server answers only loopback names (and its configured ones), so the page reads nothing."""
+    port = httpx.URL(api_url).port
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        for host in (f"attacker.example:{port}", "attacker.example", "127.0.0.1.attacker.example", "[::2]:1", "x:y"):
+            response = http.get("/v1/jobs", headers={"Host": host})
+            assert response.status_code == 403, (host, response.status_code, response.text[:200])
+            assert response.json()["error"]["type"] == "forbidden"
+            assert "jobs" not in response.json(), host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2", f"koe.localhost:{port}"):
+            response = http.get("/v1/jobs", headers={"Host": host})
+            assert response.status_code == 200, (host, response.text[:200])
+            assert "jobs" in response.json()
+
+
+def test_another_sites_page_cannot_submit_a_job(api_url: str) -> None:
+    """A page on another site may POST a multipart form to 127.0.0.1 (no CORS preflight for that): the browser marks
+    it with Origin and Sec-Fetch-Site, and the server refuses it before reading the upload; no job is queued."""
+    port = httpx.URL(api_url).port
+    audio = CLIP.read_bytes()
+    attempts = [
+        {"Origin": "https://attacker.example"},
+        {"Origin": "null"},
+        {"Origin": f"http://localhost:{port + 1}"},  # another local app's page: another origin
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": f"http://127.0.0.1:{port}"},
+    ]
+    with httpx.Client(base_url=api_url, timeout=60) as http:
+        before = len(http.get("/v1/jobs", params={"limit": 1000}).json()["jobs"])
+        for headers in attempts:
+            for path in ("/v1/jobs", "/v1/audio/transcriptions", "/invocations"):
+                files = {"file": ("a.wav", audio, "audio/wav")}
+                response = http.post(path, headers=headers, files=files, data={"webhook_url": "http://10.0.0.1/"})
+                assert response.status_code == 403, (headers, path, response.status_code, response.text[:200])
+        assert len(http.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]) == before
+        # The server's own page (same origin) and clients that are not browsers still submit.
+        same = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
+        for headers in (same, {}):
+            files = {"file": ("a.wav", audio, "audio/wav")}
+            response = http.post("/v1/jobs", headers=headers, files=files, data={"format": "text"})
+            assert response.status_code in (200, 202), response.text[:200]
+        # Reading is not state-changing: a cross-site GET gets an answer its page cannot read (no CORS headers).
+        response = http.get("/v1/jobs", headers={"Origin": "https://attacker.example"})
+        assert response.status_code == 200 and "access-control-allow-origin" not in response.headers
+
+
+def test_configured_names_and_the_container_accept_their_hosts(tmp_path: Path) -> None:
+    """KOE_ALLOWED_HOSTS adds names; the SageMaker container (behind SageMaker's proxy) answers any Host."""
+    from koe.container import container_settings
+
+    def status(settings: Settings, host: str, **headers: str) -> int:
+        from starlette.testclient import TestClient
+
+        app = create_app(settings, engine_factory=lambda _: None)  # type: ignore[arg-type,return-value]
+        client = TestClient(app)  # no lifespan: nothing loads
+        return client.get("/openapi.json", headers={"Host": host, **headers}).status_code
+
+    named = Settings(data_dir=tmp_path, allowed_hosts="koe.lan,Transcribe.Example")  # type: ignore[arg-type]
+    assert status(named, "koe.lan:8080") == 200 and status(named, "transcribe.example") == 200
+    assert status(named, "attacker.example") == 403
+    bound = Settings(data_dir=tmp_path, host="192.168.5.5")
+    assert status(bound, "192.168.5.5:8080") == 200 and status(bound, "192.168.5.6:8080") == 403
+    container = container_settings({})
+    assert container.allowed_hosts == ["*"]
+    assert status(container.model_copy(update={"data_dir": tmp_path}), "runtime.sagemaker.internal:8080") == 200

@@ -5,6 +5,7 @@ Nothing below this module reads the environment itself.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,9 +42,25 @@ class Settings(BaseSettings):
     # Input limits
     max_input_bytes: int = Field(1 * GB, ge=1, description="Largest accepted input (SageMaker async: 1 GB).")
     max_duration_s: float = Field(4 * 3600.0, gt=0, description="Longest accepted audio, in seconds.")
+    max_audio_memory: int = Field(
+        2 * GB,
+        ge=1,
+        description="Decoded audio (float32) all requests and jobs may hold at once; past it synchronous routes "
+        "answer 503 with Retry-After and jobs wait.",
+    )
 
     # Server
     host: str = "127.0.0.1"
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the server answers to besides loopback ones (localhost, 127.0.0.1, ::1) and the "
+        "address it binds (env: comma-separated). `*`: any Host (the SageMaker container, behind its proxy). "
+        "Guards against DNS rebinding; state-changing requests from another site's page are refused too.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Allow `koe serve` to listen beyond loopback without API keys (it refuses otherwise).",
+    )
     port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Field(default_factory=default_data_dir, description="Queue database and file:// store.")
     spool_dir: Path | None = Field(None, description="Where request bodies are spooled (None: the system temp).")
@@ -70,7 +87,11 @@ class Settings(BaseSettings):
     output_path: str | None = Field(None, description="Where results go (None: file://<data_dir>/outputs).")
     failure_path: str | None = Field(None, description="Where errors go (None: file://<data_dir>/failures).")
     storage_roots: list[Path] = Field(default_factory=list, description="Extra folders file:// may reach.")
-    s3_buckets: list[str] = Field(default_factory=list, description="Buckets s3:// may reach (empty: any).")
+    s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Buckets a client may name in s3:// locations (env: comma-separated); `*`: any bucket. The "
+        "buckets of output_path and failure_path are allowed too. Empty: clients may name none.",
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); None: AWS.")
     s3_region: str | None = Field(None, description="S3 region (None: boto3's default chain).")
     s3_access_key_id: str | None = None
@@ -80,6 +101,13 @@ class Settings(BaseSettings):
     s3_timeout_s: float = Field(60.0, gt=0, le=3600, description="S3 read timeout per call (then it is retried).")
     webhook_url: str | None = Field(None, description="Endpoint-wide webhook for job notifications.")
     webhook_attempts: int = Field(5, ge=1, le=20, description="Tries per webhook delivery (with backoff).")
+    webhook_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Hosts a job's own webhook_url may name (env: comma-separated). `*`: any host whose addresses "
+        "are all public; a host named here may resolve to loopback or private addresses too. Empty: jobs may not "
+        "set a webhook. (The endpoint-wide webhook_url is the operator's and is not checked.)",
+    )
+    keep_uploads: bool = Field(False, description="Keep uploaded audio in the data folder after its job ends.")
     sns_success_topic: str | None = Field(None, description="SNS topic ARN for completed jobs.")
     sns_error_topic: str | None = Field(None, description="SNS topic ARN for failed jobs.")
 
@@ -100,9 +128,11 @@ class Settings(BaseSettings):
         "does for unknown endpoints). Default: any valid endpoint name, so ported code keeps its names.",
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", "s3_buckets", "webhook_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
+            if value.lstrip().startswith("["):  # a JSON list, as pydantic-settings reads list settings
+                return json.loads(value)
             return [key.strip() for key in value.split(",") if key.strip()]
         return value

@@ -49,6 +49,8 @@ def container_settings(environ: Mapping[str, str] | None = None) -> Settings:
     updates: dict[str, object] = {}
     if "host" not in given:
         updates["host"] = "0.0.0.0"  # a container listens on every interface
+    if "allowed_hosts" not in given:
+        updates["allowed_hosts"] = ["*"]  # SageMaker's proxy sends its own Host; IAM guards the endpoint
     bind_to = environ.get("SAGEMAKER_BIND_TO_PORT")
     if bind_to:
         if not bind_to.isdigit() or not 0 < int(bind_to) < 65536:

@@ -15,6 +15,8 @@ botocore, pydantic) are mapped to them at the edge where they are raised.
     ├── AuthError ...................... 401
     ├── HeadersTooLargeError ........... 431  the request's headers are too large
     ├── LocationError .................. 403  a file:// or s3:// location outside the allowed roots
+    ├── ForbiddenRequestError .......... 403  a Host the server does not answer to, or another site's page
+    ├── BusyError ...................... 503  too much audio in memory already; retry after a while
     ├── ModelError
     │   ├── UnknownModelError .......... 404
     │   └── ModelUnavailableError ...... 503  known, but cannot be loaded here (no network, bad files)
@@ -104,6 +106,18 @@ class LocationError(KoeError):
     type = "location_not_allowed"
 
 
+class ForbiddenRequestError(KoeError):
+    type = "forbidden"
+
+
+class BusyError(KoeError):
+    type = "server_busy"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ModelError(KoeError):
     type = "model_error"
 
@@ -185,6 +199,8 @@ HTTP_STATUS: dict[type[KoeError], int] = {
     AuthError: 401,
     HeadersTooLargeError: 431,
     LocationError: 403,
+    ForbiddenRequestError: 403,
+    BusyError: 503,
     UnknownModelError: 404,
     ModelUnavailableError: 503,
     NotReadyError: 503,

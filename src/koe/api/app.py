@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from koe import __version__
 from koe.api import auth, jobs, metrics, openai, runtime, sagemaker, web
 from koe.api.limits import HeaderLimitMiddleware
+from koe.api.sites import SiteCheckMiddleware
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, ModelUnavailableError, error_body, http_status
@@ -68,6 +69,8 @@ def create_app(
         app.include_router(router)
     install_error_handlers(app)
     auth.install(app, settings)  # API keys (koe serve only; the container's settings carry none)
+    # Before the key check: a rebound name or another site's page is refused even with a key in hand.
+    app.add_middleware(SiteCheckMiddleware, allowed_hosts=settings.allowed_hosts, bind_host=settings.host)
     app.add_middleware(HeaderLimitMiddleware)  # outermost: before the key check and any body is read
     return app
 

@@ -35,13 +35,13 @@ class HeaderLimitMiddleware:
                 response = JSONResponse(
                     error_body(error), status_code=http_status(error), headers={"Connection": "close"}
                 )
-                await _drain(receive, DRAIN_BYTES)
+                await drain(receive, DRAIN_BYTES)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def _drain(receive: Receive, limit: int) -> None:
+async def drain(receive: Receive, limit: int) -> None:
     """Read and drop the request body, up to about `limit` bytes."""
     seen = 0
     while seen <= limit:
