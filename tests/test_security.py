@@ -497,3 +497,144 @@ def test_configured_names_and_the_container_accept_their_hosts(tmp_path: Path) -
     container = container_settings({})
     assert container.allowed_hosts == ["*"]
     assert status(container.model_copy(update={"data_dir": tmp_path}), "runtime.sagemaker.internal:8080") == 200
+
+
+def _finished_job(webhook_url: str) -> Any:
+    from koe.jobs.model import Job, JobRequest, JobStatus
+
+    request = JobRequest(
+        input_location="file:///in.wav",
+        output_location="file:///out/j.out",
+        failure_location="file:///fail/j-error.out",
+        webhook_url=webhook_url,
+    )
+    return Job(id="j", status=JobStatus.COMPLETED, request=request, created_at=1.0, expires_at=2.0, finished_at=1.5)
+
+
+PRIVATE_WEBHOOKS = [
+    "http://127.0.0.1:9/hook",
+    "http://localhost/hook",
+    "http://10.0.0.1/hook",
+    "http://192.168.1.1/hook",
+    "http://172.16.0.1/hook",
+    "http://100.64.0.1/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[::1]/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://[fe80::1]/hook",
+    "http://0.0.0.0/hook",
+    "http://224.0.0.1/hook",
+]
+
+
+def test_a_job_cannot_point_its_webhook_inside(api_url: str) -> None:
+    """SSRF: a job's webhook naming loopback, private, link-local or cloud-metadata addresses (by number or by a name
+    that resolves there) is refused with a 422 when submitted; nothing is queued."""
+    with httpx.Client(base_url=api_url, timeout=60) as http:
+        before = len(http.get("/v1/jobs", params={"limit": 1000}).json()["jobs"])
+        for url in PRIVATE_WEBHOOKS:
+            files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+            response = http.post("/v1/jobs", files=files, data={"webhook_url": url})
+            assert response.status_code == 422, (url, response.status_code, response.text[:200])
+            assert "webhook_url" in response.json()["error"]["message"]
+        assert len(http.get("/v1/jobs", params={"limit": 1000}).json()["jobs"]) == before
+
+
+def test_webhook_policy_resolves_names_and_honours_the_allow_list() -> None:
+    """The policy decides on the addresses a name resolves to (every one of them), and a host the operator names
+    in KOE_WEBHOOK_HOSTS is allowed wherever it points; other hosts are then refused without a lookup."""
+    from koe.errors import OptionsError
+    from koe.jobs.webhook import WebhookPolicy
+
+    table = {"hooks.example": ["93.184.215.14"], "mixed.example": ["93.184.215.14", "10.1.2.3"],
+             "hooks.corp": ["10.9.9.9"], "v6.example": ["2606:2800:21f:cb07:6820:80da:af6b:8b2c"]}  # fmt: skip
+    looked_up: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        looked_up.append(host)
+        return table[host]
+
+    public = WebhookPolicy(["*"], resolver=resolver)
+    assert public.check("https://hooks.example/x?token=1") == "https://hooks.example/x?token=1"
+    assert public.target("https://hooks.example:8443/x").url == "https://93.184.215.14:8443/x"
+    assert public.target("https://v6.example/x").url.startswith("https://[2606:2800:")
+    for url in ("http://mixed.example/", "http://hooks.corp/", "ftp://hooks.example/", "http:///x", "http://a b/"):
+        with pytest.raises(OptionsError):
+            public.check(url)
+    listed = WebhookPolicy(["hooks.corp"], resolver=resolver)
+    target = listed.target("http://hooks.corp:8080/hook")
+    assert target.url == "http://10.9.9.9:8080/hook" and target.headers == {"Host": "hooks.corp:8080"}
+    looked_up.clear()
+    with pytest.raises(OptionsError, match="not an allowed webhook host"):
+        listed.check("http://hooks.example/")
+    assert looked_up == []
+    with pytest.raises(OptionsError):
+        WebhookPolicy([], resolver=resolver).check("https://hooks.example/")
+
+
+def test_a_webhook_delivery_connects_to_the_address_that_was_checked() -> None:
+    """A name that passed at submission and is rebound to 127.0.0.1 by delivery time reaches nothing; a host the
+    operator allowed is reached at the address resolved (the name itself need not resolve for httpx)."""
+    from jobs_support import webhook_receiver
+    from koe.jobs.notify import Notifier
+    from koe.jobs.webhook import WebhookPolicy
+
+    with webhook_receiver() as receiver:
+        port = httpx.URL(receiver.url).port
+        rebound = WebhookPolicy(["*"], resolver=lambda host, port: ["127.0.0.1"])
+        notifier = Notifier(policy=rebound, attempts=1)
+        assert notifier.notify(_finished_job(f"http://rebind.test:{port}/hook")) == 1
+        assert receiver.messages == []
+        allowed = Notifier(policy=WebhookPolicy(["rebind.test"], resolver=lambda host, port: ["127.0.0.1"]))
+        assert allowed.notify(_finished_job(f"http://rebind.test:{port}/hook")) == 0
+        assert [m["inferenceId"] for m in receiver.messages] == ["j"]
+
+
+def test_a_blackholed_webhook_gives_up_inside_the_effects_lease() -> None:
+    """A webhook that accepts the connection and never answers: the deliveries of one job stop at their time budget,
+    which is well inside the effects lease, so no other process takes the effects over and notifies twice."""
+    import socket
+    import time
+
+    from koe.jobs.notify import Notifier
+    from koe.jobs.queue import EFFECTS_LEASE_S
+
+    assert Notifier.from_settings(Settings()).budget_s <= EFFECTS_LEASE_S / 2
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)  # connections complete in the backlog; nothing ever reads or answers them
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
+        notifier = Notifier(webhook_url=url, attempts=20, timeout_s=5, backoff_s=0.05, budget_s=1.5)
+        started = time.monotonic()
+        assert notifier.notify(_finished_job(url)) == 1
+        assert time.monotonic() - started < 3.0
+
+
+def test_webhook_secrets_are_never_shown(tmp_path: Path) -> None:
+    """Credentials and tokens in a job's webhook URL reach the webhook, but neither the jobs API nor the server's
+    log (koe's retry and give-up lines, httpx's request lines) shows them."""
+    from jobs_support import webhook_receiver
+
+    with webhook_receiver(fail_first=100) as receiver:
+        port = httpx.URL(receiver.url).port
+        url = f"http://hookuser:pa55-Wq7z@127.0.0.1:{port}/hook?token=t0ken-Kx9v&sig=s1g-Mm3"
+        env = koe_env(tmp_path / "data", webhook_hosts="127.0.0.1", webhook_attempts=2)
+        server = start_server(env, tmp_path / "serve.log")
+        try:
+            with httpx.Client(base_url=server.url, timeout=120) as http:
+                files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+                submitted = http.post("/v1/jobs", files=files, data={"webhook_url": url, "format": "text"})
+                assert submitted.status_code == 202, submitted.text
+                job_id = submitted.json()["id"]
+                wait_for(lambda: receiver.refused >= 2, 120, 0.2, "both webhook tries")
+                wait_for(lambda: "giving up" in server.text(), 30, 0.2, "the give-up line")
+                texts = [submitted.text, http.get(f"/v1/jobs/{job_id}").text, http.get("/v1/jobs").text]
+        finally:
+            server.stop()
+    view = json.loads(texts[1])
+    assert view["webhook_url"] == f"http://***@127.0.0.1:{port}/hook?***"
+    log = server.text()
+    assert "127.0.0.1" in log and "giving up" in log
+    for secret in ("pa55-Wq7z", "t0ken-Kx9v", "s1g-Mm3", "hookuser"):
+        for text in [*texts, log]:
+            assert secret not in text, secret

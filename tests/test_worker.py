@@ -110,7 +110,7 @@ def test_failures_write_failure_objects_and_notify(
 ) -> None:
     not_audio = tmp_path / "notes.txt"
     not_audio.write_text("this is not audio at all " * 50)
-    endpoint, _ = make_endpoint(tmp_path, engine)
+    endpoint, _ = make_endpoint(tmp_path, engine, webhook_hosts=["127.0.0.1"])  # the receiver is on loopback
     endpoint.start()
     try:
         endpoint.submit(file_location(tmp_path / "missing.wav"), job_id="missing", webhook_url=receiver.url)

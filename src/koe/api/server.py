@@ -62,3 +62,5 @@ def configure_logging(level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request's full URL at INFO: a client's webhook URL may carry credentials.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -130,7 +130,7 @@ class LocalEndpoint:
                 format=check_format(format),
                 output_location=self.store.join(output_folder, object_name(job_id, ".out")),
                 failure_location=self.store.join(failure_folder, object_name(job_id, "-error.out")),
-                webhook_url=_webhook(webhook_url),
+                webhook_url=self.notifier.policy.check(webhook_url) if webhook_url else None,
                 ttl_s=ttl_s if ttl_s is not None else self.settings.request_ttl_s,
                 timeout_s=timeout_s if timeout_s is not None else self.settings.invocation_timeout_s,
             )
@@ -207,11 +207,3 @@ def _job_id(job_id: str | None) -> str:
         return valid_job_id(job_id)
     except ValueError as exc:
         raise OptionsError(f"id: {exc}") from None
-
-
-def _webhook(url: str | None) -> str | None:
-    if not url:
-        return None
-    if not url.startswith(("http://", "https://")):
-        raise OptionsError("webhook_url: must be an http:// or https:// URL")
-    return url

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from koe.formats import Format
+from koe.jobs.webhook import redact_url
 from koe.options import TranscribeOptions, parse_options
 
 ID_PATTERN = re.compile(r"\A[!-~][ -~]{0,63}\Z")
@@ -142,7 +143,7 @@ class Job(BaseModel):
             "options": self.options.model_dump(mode="json", exclude_defaults=True),
             "output_location": self.output_location,
             "failure_location": self.failure_location,
-            "webhook_url": self.request.webhook_url,
+            "webhook_url": redact_url(self.request.webhook_url) if self.request.webhook_url else None,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

@@ -4,6 +4,12 @@ A webhook (per endpoint, from Settings, and per job) receives the message JSON i
 SNS topic (success and error topics, as SageMaker's NotificationConfig) receives it as the `Message`.
 Deliveries are retried with exponential backoff on connection errors, 429 and 5xx answers.
 
+The endpoint-wide webhook is the operator's and is posted as configured. A job's own webhook is the client's:
+it is checked against `WebhookPolicy` (koe.jobs.webhook) again at delivery and the connection goes to the address
+that passed. All deliveries of one job share a time budget well inside the effects lease, so an unanswering
+webhook never keeps the effects running until another process takes them over (a duplicate notification).
+URLs are logged redacted.
+
 Consumers should key on `invocationStatus` and `inferenceId` (the stable keys); on failure the message also
 carries `failureReason` and, like SageMaker with an S3FailurePath, `responseParameters.failureLocation`.
 """
@@ -21,12 +27,16 @@ from typing import Any
 import httpx
 
 from koe.config import Settings
+from koe.errors import KoeError
 from koe.formats import CONTENT_TYPES
 from koe.jobs.model import Job, JobStatus
+from koe.jobs.webhook import Target, WebhookPolicy, redact_url
 
 logger = logging.getLogger("koe.jobs.notify")
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+DELIVERY_BUDGET_S = 30.0
+"""The most time one job's webhook deliveries may take in all: half the queue's effects lease (60 s)."""
 
 
 def iso_time(epoch: float | None) -> str | None:
@@ -89,6 +99,8 @@ class Notifier:
         attempts: int = 5,
         backoff_s: float = 0.5,
         timeout_s: float = 10.0,
+        budget_s: float = DELIVERY_BUDGET_S,
+        policy: WebhookPolicy | None = None,
         region: str | None = None,
         sns_client_factory: Callable[[str | None], Any] | None = None,
         http: httpx.Client | None = None,
@@ -100,6 +112,9 @@ class Notifier:
         self.error_topic = error_topic
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.budget_s = budget_s
+        self.policy = policy or WebhookPolicy()
         self.region = region
         self._sns_factory = sns_client_factory or _sns_client
         self._sns_clients: dict[str | None, Any] = {}
@@ -115,6 +130,7 @@ class Notifier:
             success_topic=settings.sns_success_topic,
             error_topic=settings.sns_error_topic,
             attempts=settings.webhook_attempts,
+            policy=WebhookPolicy(settings.webhook_hosts),
             region=settings.s3_region,
         )
 
@@ -131,33 +147,58 @@ class Notifier:
             return 0
         region = (topic_region(topic) if topic else None) or self.region or "local"
         message = notification(job, endpoint_name=self.endpoint_name, region=region)
-        failures = sum(0 if self.post(url, message) else 1 for url in urls)
+        deadline = time.monotonic() + self.budget_s
+        failures = 0
+        for url in urls:
+            trusted = url == self.webhook_url  # the operator's; a job's own is checked again now
+            failures += 0 if self.post(url, message, deadline=deadline, checked=not trusted) else 1
         if topic and not self.publish(topic, message):
             failures += 1
         return failures
 
-    def post(self, url: str, message: dict[str, Any]) -> bool:
-        """POST `message` to `url`, retrying transient failures with backoff. True when delivered."""
+    def post(self, url: str, message: dict[str, Any], *, deadline: float | None = None, checked: bool = False) -> bool:
+        """POST `message` to `url`, retrying transient failures with backoff until `deadline` (monotonic). With
+        `checked`, the URL must pass the webhook policy and the connection goes to the address it checked.
+        True when delivered."""
+        shown = redact_url(url)
+        deadline = deadline if deadline is not None else time.monotonic() + self.budget_s
         body = json.dumps(message).encode()
         headers = {"Content-Type": "application/json", "X-Koe-Event": str(message.get("eventName"))}
+        problem = "no time left"
         for attempt in range(1, self.attempts + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             try:
-                response = self._http.post(url, content=body, headers=headers)
+                target = self.policy.target(url) if checked else Target(url)
+            except KoeError as exc:
+                logger.warning("webhook %s refused for notification %s: %s", shown, message["inferenceId"], exc.message)
+                return False
+            try:
+                response = self._http.post(
+                    target.url,
+                    content=body,
+                    headers={**headers, **target.headers},
+                    extensions=target.extensions,
+                    timeout=min(self.timeout_s, left),
+                )
             except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = type(exc).__name__  # its text may carry the URL
             else:
                 if response.is_success:
                     return True
                 problem = f"HTTP {response.status_code}"
                 if response.status_code not in RETRY_STATUS:
-                    logger.warning("webhook %s refused notification %s: %s", url, message["inferenceId"], problem)
+                    logger.warning("webhook %s refused notification %s: %s", shown, message["inferenceId"], problem)
                     return False
-            if attempt < self.attempts:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                logger.info("webhook %s: %s; retry %d in %.1fs", url, problem, attempt, delay)
+            delay = self.backoff_s * 2 ** (attempt - 1)
+            if attempt < self.attempts and time.monotonic() + delay < deadline:
+                logger.info("webhook %s: %s; retry %d in %.1fs", shown, problem, attempt, delay)
                 self._sleep(delay)
+            else:
+                break
         logger.warning("webhook %s: giving up on notification %s after %d tries: %s",
-                       url, message["inferenceId"], self.attempts, problem)  # fmt: skip
+                       shown, message["inferenceId"], attempt, problem)  # fmt: skip
         return False
 
     def publish(self, topic: str, message: dict[str, Any]) -> bool:
