@@ -638,3 +638,30 @@ def test_webhook_secrets_are_never_shown(tmp_path: Path) -> None:
     for secret in ("pa55-Wq7z", "t0ken-Kx9v", "s1g-Mm3", "hookuser"):
         for text in [*texts, log]:
             assert secret not in text, secret
+
+
+def test_clients_name_only_allowed_buckets(tmp_path: Path, api_url: str) -> None:
+    """By default (KOE_S3_BUCKETS empty) a client may name no bucket: not as input, not as output or failure path
+    (where a failing job would make koe delete `.out` objects). The server's own output and failure paths' buckets
+    are allowed; every bucket takes an explicit `*`."""
+    default = ObjectStore.from_settings(Settings(data_dir=tmp_path))
+    for url in ("s3://victim/in.wav", "s3://victim/out/", "s3://koe/x"):
+        with pytest.raises(LocationError):
+            default.check(url)
+    own = ObjectStore.from_settings(Settings(data_dir=tmp_path, output_path="s3://results/out"))
+    assert own.check("s3://results/out/j.out") == "s3://results/out/j.out"
+    with pytest.raises(LocationError):
+        own.check("s3://victim/in.wav")
+    listed = ObjectStore.from_settings(Settings(data_dir=tmp_path, s3_buckets="media, other"))  # type: ignore[arg-type]
+    assert listed.check("s3://other/k") == "s3://other/k"
+    with pytest.raises(LocationError):
+        listed.check("s3://victim/k")
+    anything = ObjectStore.from_settings(Settings(data_dir=tmp_path, s3_buckets=["*"]))
+    assert anything.check("s3://victim/k") == "s3://victim/k"
+    with httpx.Client(base_url=api_url, timeout=60) as http:
+        for body in ({"input_location": "s3://victim/in.wav"},
+                     {"input_location": "s3://victim/in.wav", "output_path": "s3://victim/data/"},
+                     {"input_location": "s3://victim/in.wav", "failure_path": "s3://victim/data/"}):  # fmt: skip
+            response = http.post("/v1/jobs", json=body)
+            assert response.status_code == 403, (body, response.text[:200])
+            assert response.json()["error"]["type"] == "location_not_allowed"

@@ -158,7 +158,7 @@ def s3_store(moto: str, tmp_path: Path, **settings: Any) -> ObjectStore:
         s3_region=REGION,
         s3_access_key_id="testing",
         s3_secret_access_key="testing",
-        **settings,
+        **{"s3_buckets": ["*"], **settings},
     )
     return ObjectStore.from_settings(config)
 
@@ -217,19 +217,19 @@ def client_error(code: str, status: int) -> ClientError:
 def test_s3_retries_transient_errors_with_backoff() -> None:
     delays: list[float] = []
     flaky = FlakyClient([client_error("SlowDown", 503), EndpointConnectionError(endpoint_url="http://x")])
-    store = S3Store(lambda: flaky, attempts=4, backoff_s=0.1, sleep=delays.append)
+    store = S3Store(lambda: flaky, buckets=["*"], attempts=4, backoff_s=0.1, sleep=delays.append)
     store.write(Location("s3", "b", "k"), b"x")
     assert flaky.calls == 3 and delays == [0.1, 0.2]
 
     delays.clear()
     denied = FlakyClient([client_error("AccessDenied", 403)])
-    store = S3Store(lambda: denied, attempts=4, sleep=delays.append)
+    store = S3Store(lambda: denied, buckets=["*"], attempts=4, sleep=delays.append)
     with pytest.raises(StorageError, match="AccessDenied"):
         store.write(Location("s3", "b", "k"), b"x")
     assert denied.calls == 1 and delays == []
 
     always = FlakyClient([client_error("InternalError", 500) for _ in range(5)])
-    store = S3Store(lambda: always, attempts=3, sleep=delays.append)
+    store = S3Store(lambda: always, buckets=["*"], attempts=3, sleep=delays.append)
     with pytest.raises(StorageError, match="InternalError"):
         store.write(Location("s3", "b", "k"), b"x")
     assert always.calls == 3

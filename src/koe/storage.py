@@ -3,7 +3,8 @@
 `file://` locations are confined to configured root folders: a location with `..`, a NUL byte, a host part,
 or a path that resolves (symlinks included) outside every root is refused with `LocationError`.
 `s3://` goes through boto3 with the region, credentials and endpoint URL from Settings (AWS S3, MinIO or a
-moto server), optionally confined to an allow-list of buckets. botocore's exceptions are mapped here, once:
+moto server), confined to an allow-list of buckets: `Settings.s3_buckets` plus the buckets of the server's own
+output and failure paths; `*` allows every bucket the credentials reach, and an empty list none. botocore's exceptions are mapped here, once:
 a missing object is `InputNotFoundError`, anything else `StorageError`; transient failures (throttling,
 5xx, dropped connections) are retried with exponential backoff first.
 
@@ -273,6 +274,7 @@ class S3Store:
         self._client: Any = None
         self._lock = threading.Lock()
         self.buckets = frozenset(buckets)
+        """Buckets locations may name; `*`: any."""
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.spool_dir = spool_dir
@@ -298,9 +300,14 @@ class S3Store:
             )
             return session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config)
 
+        own = [
+            parse_location(p).bucket
+            for p in (settings.output_path, settings.failure_path)
+            if p and p.startswith("s3://")
+        ]
         return cls(
             factory,
-            buckets=settings.s3_buckets,
+            buckets=[*settings.s3_buckets, *own],
             attempts=settings.storage_attempts,
             spool_dir=settings.spool_dir,
         )
@@ -313,8 +320,10 @@ class S3Store:
             return self._client
 
     def check(self, location: Location) -> None:
-        if self.buckets and location.bucket not in self.buckets:
-            raise LocationError(f"bucket {location.bucket!r} is not in the allowed buckets")
+        if "*" not in self.buckets and location.bucket not in self.buckets:
+            raise LocationError(
+                f"bucket {location.bucket!r} is not one of the allowed buckets (the server's KOE_S3_BUCKETS)"
+            )
 
     @contextmanager
     def open(self, location: Location, max_bytes: int) -> Iterator[BinaryIO]:
