@@ -4,9 +4,9 @@
 or a path that resolves (symlinks included) outside every root is refused with `LocationError`.
 `s3://` goes through boto3 with the region, credentials and endpoint URL from Settings (AWS S3, MinIO or a
 moto server), confined to an allow-list of buckets: `Settings.s3_buckets` plus the buckets of the server's own
-output and failure paths; `*` allows every bucket the credentials reach, and an empty list none. botocore's exceptions are mapped here, once:
-a missing object is `InputNotFoundError`, anything else `StorageError`; transient failures (throttling,
-5xx, dropped connections) are retried with exponential backoff first.
+output and failure paths; `*` allows every bucket the credentials reach, and an empty list none. botocore's
+exceptions are mapped here, once: a missing object is `InputNotFoundError`, anything else `StorageError`;
+transient failures (throttling, 5xx, dropped connections) are retried with exponential backoff first.
 
 Inputs are read as streams (a local file is opened in place; an S3 object is streamed into a spooled
 temporary file, so PyAV can seek). Outputs are written atomically: a temporary file renamed over the target
