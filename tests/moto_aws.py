@@ -6,6 +6,8 @@ sagemaker.md §5), the code stays right for AWS and the tests say what moto lack
 
 - UpdateEndpoint is not implemented in moto 5.2.5 (HTTP 500). `moto_server` adds it to moto's SageMaker
   responses for the tests' duration: it validates the config and points the endpoint at it, AWS's end state.
+  `roll_back_next_update(reason)` makes the next one end as a failed blue/green update does on AWS: InService
+  on the OLD config, with a FailureReason.
 - DescribeEndpoint omits AsyncInferenceConfig (AWS returns it): koe reads it from the endpoint config.
 - Endpoints are InService at once; waiting is tested by setting the state on moto's backend object.
 - InvokeEndpointAsync never reads the input or writes to S3OutputPath/S3FailurePath: it answers with
@@ -43,8 +45,15 @@ def session() -> boto3.Session:
     return _SESSION[0]
 
 
+_ROLLBACKS: list[str] = []
+
+
+def roll_back_next_update(reason: str) -> None:
+    _ROLLBACKS.append(reason)
+
+
 def _update_endpoint(self: SageMakerResponse) -> str:
-    """UpdateEndpoint for moto: what AWS leaves behind once the update finishes."""
+    """UpdateEndpoint for moto: what AWS leaves behind once the update finishes (or is rolled back)."""
     from moto.sagemaker.exceptions import ValidationError
 
     backend = self.sagemaker_backend
@@ -54,6 +63,10 @@ def _update_endpoint(self: SageMakerResponse) -> str:
     if config_name not in backend.endpoint_configs:
         raise ValidationError(message=f"Could not find endpoint configuration '{config_name}'.")
     endpoint = backend.endpoints[name]
+    if _ROLLBACKS:
+        endpoint.endpoint_status = "InService"
+        endpoint.failure_reason = _ROLLBACKS.pop(0)  # type: ignore[assignment]
+        return json.dumps({"EndpointArn": endpoint.arn})
     endpoint.endpoint_config_name = config_name
     endpoint.production_variants = endpoint._process_production_variants(
         backend.endpoint_configs[config_name].production_variants
@@ -81,6 +94,7 @@ def moto_url() -> Iterator[str]:
 def aws_env(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A clean moto and an environment in which the CLI's boto3 finds dummy credentials and nothing else."""
     _post(f"{moto_url}/moto-api/reset", {})
+    _ROLLBACKS.clear()
     empty = tmp_path_factory.mktemp("aws-config") / "none"
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
         monkeypatch.delenv(key, raising=False)
@@ -131,7 +145,7 @@ def set_endpoint_state(name: str, status: str, reason: str | None = None) -> Non
     """Put an endpoint into `status` on moto's backend (moto's endpoints are InService at once)."""
     endpoint = sagemaker_backends[ACCOUNT][REGION].endpoints[name]
     endpoint.endpoint_status = status
-    endpoint.failure_reason = reason
+    endpoint.failure_reason = reason  # type: ignore[assignment]
 
 
 def _post(url: str, body: dict[str, Any]) -> None:

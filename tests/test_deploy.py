@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from koe.deploy.plan import Call, PackageModel, execute, plan_deploy, plan_destr
 from koe.deploy.spec import DeploySpec
 from koe.deploy.wait import Backoff, Clock, wait_for_endpoint
 from koe.errors import AwsError, DeployError
-from moto_aws import ACCOUNT, Raw, queue_results, set_endpoint_state
+from moto_aws import ACCOUNT, Raw, queue_results, roll_back_next_update, set_endpoint_state
 
 NAME = "koe-test"
 BUCKET = "koe-test-bucket"
@@ -190,6 +191,7 @@ def _verify_resources(raw: Raw, spec: DeploySpec, topics: dict[str, str]) -> Non
     assert model["PrimaryContainer"]["ModelDataUrl"] == MODEL_DATA
     assert model["PrimaryContainer"]["Environment"] == {
         "KOE_MODEL": "/opt/ml/model", "KOE_DEVICE": "cuda", "KOE_BATCH_SIZE": "8",
+        "KOE_MAX_DURATION_S": "14400",  # 3600 s invocation timeout at the assumed 4x real time on a GPU
     }  # fmt: skip
 
     config = sm.describe_endpoint_config(EndpointConfigName=spec.config_name)
@@ -326,14 +328,14 @@ def test_new_arguments_update_the_endpoint_and_sweep_the_old_config(aws: Aws, ra
     run(plan_deploy(aws, first), aws)
 
     # Only the endpoint config and autoscaling change: same model, new config, endpoint updated, old config gone.
+    # Autoscaling is changed in place: the instance type stays, so nothing is deregistered at any moment.
     # (moto lacks UpdateEndpoint; moto_aws adds it to the server with AWS's end state, see its docstring.)
     second = make_spec(seeded, max_concurrent_invocations=2, max_instances=3)
     assert second.model_name == first.model_name and second.config_name != first.config_name
     plan = plan_deploy(aws, second)
     assert [(s.resource, s.action) for s in plan.changes] == [
-        ("endpoint config", "create"), ("autoscaling", "delete"), ("endpoint", "update"),
-        ("scalable target", "create"), ("scaling policy", "create"), ("scaling policy", "create"),
-        ("alarm", "update"), ("old endpoint config", "delete"),
+        ("endpoint config", "create"), ("endpoint", "update"), ("scalable target", "update"),
+        ("old endpoint config", "delete"),
     ]  # fmt: skip
     run(plan, aws)
     state = deployed(raw)
@@ -401,10 +403,10 @@ def test_failed_update_keeps_the_old_config_until_a_rerun_finishes(
     with pytest.raises(AwsError, match="update endpoint koe-test"):
         run(plan_deploy(aws, second), aws)
     state = deployed(raw)
-    # The endpoint still runs the first config, which is still there; autoscaling was taken down for the update.
+    # The endpoint still runs the first config, which is still there, and it still scales (changed in place).
     assert sorted(state["configs"]) == sorted([first.config_name, second.config_name])
     assert raw("sagemaker").describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == first.config_name
-    assert state["targets"] == []
+    assert len(state["targets"]) == 1 and len(state["policies"]) == 2 and len(state["alarms"]) == 1
 
     monkeypatch.undo()
     run(plan_deploy(aws, second), aws)
@@ -413,6 +415,84 @@ def test_failed_update_keeps_the_old_config_until_a_rerun_finishes(
     assert plan_deploy(aws, second).changes == ()
     run(plan_destroy(aws, NAME), aws)
     assert deployed(raw)["configs"] == []
+
+
+def test_rolled_back_update_fails_and_keeps_everything(aws: Aws, raw: Raw, seeded: dict[str, str]) -> None:
+    first = make_spec(seeded)
+    run(plan_deploy(aws, first), aws)
+    before = deployed(raw)
+    second = make_spec(seeded, max_concurrent_invocations=1, image_uri=IMAGE.replace("latest", "v2"))
+    # On AWS a blue/green update whose new fleet fails ends InService on the OLD config with a FailureReason.
+    roll_back_next_update("ClientError: the new fleet failed its health checks")
+    with pytest.raises(DeployError, match=r"rolled back; it still runs .*new fleet failed its health checks"):
+        run(plan_deploy(aws, second), aws)
+    state = deployed(raw)
+    # Nothing swept: both configs and both models remain, the endpoint runs the first, autoscaling unchanged.
+    assert state["configs"] == sorted([first.config_name, second.config_name])
+    assert state["models"] == sorted([first.model_name, second.model_name])
+    assert raw("sagemaker").describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == first.config_name
+    assert (state["targets"], state["policies"], state["alarms"]) == (
+        before["targets"], before["policies"], before["alarms"],
+    )  # fmt: skip
+
+    # The next plan shows the failure and tries again; the sweep's guard is checked at execution too.
+    plan = plan_deploy(aws, second)
+    [endpoint] = [s for s in plan.changes if s.resource == "endpoint"]
+    assert endpoint.action == "update" and "last update failed: ClientError" in endpoint.detail
+    run(plan, aws)
+    state = deployed(raw)
+    assert state["configs"] == [second.config_name] and state["models"] == [second.model_name]
+
+
+def test_sweep_keeps_old_config_when_the_endpoint_does_not_run_the_new_one(
+    aws: Aws, raw: Raw, seeded: dict[str, str]
+) -> None:
+    first = make_spec(seeded)
+    run(plan_deploy(aws, first), aws)
+    second = make_spec(seeded, max_concurrent_invocations=1)
+    plan = plan_deploy(aws, second)
+    # Someone (or an AWS rollback) moves the endpoint while the plan runs: skip the update, keep the sweep.
+    without_update = replace(plan, steps=tuple(s for s in plan.steps if s.resource != "endpoint"))
+    with pytest.raises(DeployError, match=r"runs .*, not .*: kept"):
+        run(without_update, aws)
+    assert first.config_name in deployed(raw)["configs"]
+
+
+def test_failed_instance_type_change_restores_autoscaling(
+    aws: Aws, raw: Raw, seeded: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_spec(seeded, min_instances=0, max_instances=2)
+    run(plan_deploy(aws, first), aws)
+    before = deployed(raw)
+    # AWS refuses UpdateEndpoint for a variant registered with Application Auto Scaling when the instance type
+    # changes: only then is autoscaling taken down first, and it must come back if the update fails.
+    second = make_spec(seeded, instance_type="ml.g4dn.2xlarge")
+    plan = plan_deploy(aws, second)
+    assert [(s.resource, s.action) for s in plan.changes][:3] == [
+        ("endpoint config", "create"), ("autoscaling", "delete"), ("endpoint", "update"),
+    ]  # fmt: skip
+
+    def broken_update(self: Aws, **kwargs: Any) -> str:
+        raise AwsError("sagemaker update_endpoint: ResourceLimitExceeded: no ml.g4dn.2xlarge quota")
+
+    monkeypatch.setattr(Aws, "update_endpoint", broken_update)
+    with pytest.raises(AwsError, match=r"quota .*autoscaling endpoint/koe-test/variant/AllTraffic restored as it was"):
+        run(plan, aws)
+    state = deployed(raw)
+    [target] = state["targets"]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 2)
+    assert set(state["policies"]) == set(before["policies"])
+    for name, policy in before["policies"].items():
+        for key in ("PolicyType", "TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration"):
+            assert state["policies"][name].get(key) == policy.get(key), (name, key)
+    wake = state["policies"][ScalingNames(NAME, "AllTraffic").wake_policy]
+    assert next(iter(state["alarms"].values()))["AlarmActions"] == [wake["PolicyARN"]]
+    assert raw("sagemaker").describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == first.config_name
+
+    monkeypatch.undo()
+    run(plan_deploy(aws, second), aws)  # the rerun completes the change
+    assert plan_deploy(aws, second).changes == ()
+    assert len(deployed(raw)["targets"]) == 1
 
 
 def test_failed_endpoint_reports_its_reason_and_is_replaced(aws: Aws, seeded: dict[str, str]) -> None:
@@ -461,11 +541,12 @@ def test_packaged_model_is_built_once_and_uploaded(aws: Aws, raw: Raw, seeded: d
     spec = make_spec(seeded, model="tiny.en")
     plan = plan_deploy(aws, spec)
     [data] = [s for s in plan.steps if s.resource == "model data"]
-    assert data.action == "create" and data.instructions == (PackageModel("tiny.en", spec.model_data_url),)
-    assert spec.model_data_url.startswith(f"s3://{BUCKET}/koe/{NAME}/model/tiny.en-")
+    url = spec.model_data_url
+    assert url is not None and url.startswith(f"s3://{BUCKET}/koe/{NAME}/model/tiny.en-")
+    assert data.action == "create" and data.instructions == (PackageModel("tiny.en", url),)
     execute(plan, aws, console=Console(file=io.StringIO()), cache_dir=cache_dir, backoff=FAST)
 
-    key = spec.model_data_url.removeprefix(f"s3://{BUCKET}/")
+    key = url.removeprefix(f"s3://{BUCKET}/")
     body = raw("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         members = set(tar.getnames())
@@ -511,4 +592,5 @@ def test_baked_model_has_no_model_data(aws: Aws, raw: Raw, seeded: dict[str, str
     run(plan, aws)
     container = raw("sagemaker").describe_model(ModelName=spec.model_name)["PrimaryContainer"]
     assert "ModelDataUrl" not in container
-    assert container["Environment"] == {"KOE_DEVICE": "cuda", "KOE_BATCH_SIZE": "8"}  # the image finds its model
+    # the image finds its model
+    assert container["Environment"] == {"KOE_DEVICE": "cuda", "KOE_BATCH_SIZE": "8", "KOE_MAX_DURATION_S": "14400"}

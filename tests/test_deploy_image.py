@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import moto_aws
 from koe.cli import app
 from koe.deploy.aws import Aws
-from koe.deploy.iam import TRUST_POLICY, RoleScope, ensure_role, execution_policy, repository_arn
+from koe.deploy.iam import RoleScope, ensure_role, execution_policy, repository_arn, trust_policy
 from koe.deploy.image import ImageSpec, build_image, run_command
 from koe.errors import DeployError, OptionsError
 from moto_aws import ACCOUNT, Raw
@@ -146,6 +146,25 @@ def test_policy_is_limited_to_the_prefix_repository_logs_and_topics() -> None:
             "Resource": ["arn:aws:s3:::models/large-v3/model.tar.gz"]} in outside  # fmt: skip
 
 
+def test_trust_policy_is_limited_to_sagemaker_for_this_account() -> None:
+    [statement] = trust_policy(ACCOUNT)["Statement"]
+    assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+    assert statement["Action"] == "sts:AssumeRole"
+    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+
+def test_kms_key_is_granted_only_when_given() -> None:
+    assert "Kms" not in {s["Sid"] for s in execution_policy(scope())["Statement"]}
+    key_id = "1234abcd-12ab-34cd-56ef-1234567890ab"
+    arn = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{key_id}"
+    for given in (key_id, arn):
+        by_sid = {s["Sid"]: s for s in execution_policy(scope(kms_key=given))["Statement"]}
+        assert by_sid["Kms"]["Resource"] == [arn]
+        assert {"kms:Decrypt", "kms:GenerateDataKey"} <= set(by_sid["Kms"]["Action"])
+    with pytest.raises(OptionsError, match="not an alias"):
+        execution_policy(scope(kms_key="alias/koe"))
+
+
 def test_repository_arn_needs_an_ecr_image() -> None:
     assert repository_arn(f"{URI}@sha256:abc") == f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/koe"
     with pytest.raises(OptionsError, match="not an ECR image"):
@@ -158,7 +177,7 @@ def test_create_role_is_idempotent(aws: Aws, raw: Raw) -> None:
     assert created and arn == f"arn:aws:iam::{ACCOUNT}:role/koe-speech-sagemaker"
     iam = raw("iam")
     role = iam.get_role(RoleName="koe-speech-sagemaker")["Role"]
-    assert role["AssumeRolePolicyDocument"] == TRUST_POLICY
+    assert role["AssumeRolePolicyDocument"] == trust_policy(ACCOUNT)
     stored = iam.get_role_policy(RoleName="koe-speech-sagemaker", PolicyName="koe-speech")["PolicyDocument"]
     assert stored == policy
     assert ensure_role(aws, role_name="koe-speech-sagemaker", policy=policy, endpoint="speech") == (arn, False)
@@ -169,7 +188,7 @@ def test_cli_iam_policy_prints_and_creates(aws_env: str, raw: Raw) -> None:
     printed = CliRunner().invoke(app, args)
     assert printed.exit_code == 0, printed.output
     document = json.loads(printed.stdout)
-    assert document["TrustPolicy"] == TRUST_POLICY
+    assert document["TrustPolicy"] == trust_policy(ACCOUNT)
     assert document["PermissionsPolicy"] == execution_policy(scope(topics=()))
     created = CliRunner().invoke(app, [*args, "--create-role"])
     assert created.exit_code == 0, created.output

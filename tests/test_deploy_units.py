@@ -41,6 +41,11 @@ def spec(**changes: Any) -> DeploySpec:
         ({"startup_timeout_s": 30}, "startup_timeout_s"),
         ({"success_topic": "arn:aws:sqs:us-east-1:123456789012:q"}, "success_topic"),
         ({"instance_type": "g4dn.xlarge"}, "instance_type"),
+        ({"instance_type": "ml.inf2.xlarge"}, "instance_type"),
+        ({"min_instances": 3, "max_instances": 2}, "min_instances"),
+        ({"invocation_timeout_s": 3601}, "invocation_timeout_s"),
+        ({"throughput": 0}, "throughput"),
+        ({"kms_key": "bad key"}, "kms_key"),
     ],
 )
 def test_spec_rejects_bad_values(changes: dict[str, Any], message: str) -> None:
@@ -64,7 +69,9 @@ def test_names_are_content_addressed() -> None:
 
 
 def test_environment_and_device() -> None:
-    assert spec().model_environment() == {"KOE_MODEL": "/opt/ml/model", "KOE_DEVICE": "cuda"}
+    assert spec().model_environment() == {
+        "KOE_MODEL": "/opt/ml/model", "KOE_DEVICE": "cuda", "KOE_MAX_DURATION_S": "14400",
+    }  # fmt: skip
     assert spec(instance_type="ml.m5.xlarge").model_environment()["KOE_DEVICE"] == "cpu"
     env = parse_environment(["KOE_COMPUTE_TYPE=int8_float16", "A=b=c"])
     assert spec(environment=env).model_environment()["A"] == "b=c"
@@ -85,7 +92,7 @@ def test_packaged_model_location_changes_with_the_model_files(tmp_path: Path) ->
     model.mkdir()
     (model / "model.bin").write_bytes(b"1")
     before = spec(model=str(model)).model_data_url
-    assert before.startswith("s3://my-bucket/koe/speech/model/my-model-") and before.endswith("/model.tar.gz")
+    assert before is not None and before.startswith("s3://my-bucket/koe/speech/model/my-model-") and before.endswith("/model.tar.gz")
     (model / "model.bin").write_bytes(b"22")
     assert spec(model=str(model)).model_data_url != before
 
@@ -207,3 +214,34 @@ def test_invocation_without_failure_location_is_watched_on_output_only() -> None
     item = Invocation(Path("1.wav"), "id-1", "s3://in/1", "s3://out/1.out", None)
     [done] = wait_for_results(cast(Aws, store), [item], console=Console(file=io.StringIO()))
     assert done.state == "completed"
+
+
+def test_ami_version_only_for_gpu_types_and_cpu_types_are_supported() -> None:
+    gpu = spec().variant_config()
+    assert (
+        gpu["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-3-1" and gpu["InstanceType"] == "ml.g4dn.xlarge"
+    )
+    for cpu_type in ("ml.c5.xlarge", "ml.m5.large", "ml.c7i.2xlarge", "ml.m6g.xlarge"):
+        cpu = spec(instance_type=cpu_type)
+        assert "InferenceAmiVersion" not in cpu.variant_config(), cpu_type
+        assert cpu.model_environment()["KOE_DEVICE"] == "cpu"
+    for gpu_type in ("ml.g5.xlarge", "ml.g6e.2xlarge", "ml.p4d.24xlarge"):
+        assert spec(instance_type=gpu_type).variant_config()["InferenceAmiVersion"]
+
+
+def test_audio_limit_follows_the_invocation_timeout_and_throughput() -> None:
+    # The longest accepted audio is what one instance finishes inside InvocationTimeoutSeconds.
+    assert spec().invocation_timeout_s == 3600 and spec().max_audio_s == 4 * 3600  # assumed 4x on a GPU
+    assert spec(instance_type="ml.c5.xlarge").max_audio_s == 3600  # assumed 1x on CPU
+    assert spec(instance_type="ml.c5.xlarge", throughput=2.5).max_audio_s == 9000
+    assert spec(throughput=100).max_audio_s == 4 * 3600  # never above the container's own 4 h default
+    assert spec(invocation_timeout_s=900, throughput=2).model_environment()["KOE_MAX_DURATION_S"] == "1800"
+
+
+def test_kms_key_encrypts_outputs_and_the_volume_where_aws_allows() -> None:
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    assert spec(kms_key=key).async_config()["OutputConfig"]["KmsKeyId"] == key
+    assert spec(kms_key=key).volume_kms_key is None  # g4dn has NVMe instance storage: AWS rejects a volume key
+    assert spec(kms_key=key, instance_type="ml.c5d.xlarge").volume_kms_key is None
+    assert spec(kms_key=key, instance_type="ml.c5.xlarge").volume_kms_key == key
+    assert spec(kms_key=key).config_name != spec().config_name

@@ -61,6 +61,23 @@ def cuda_available() -> bool:
         return False
 
 
+# Issue 18 hook: CUDA errors after which the context stays broken (every later call fails); out-of-memory is
+# not among them (the next, smaller batch can succeed).
+CUDA_FATAL = (
+    "illegal memory access", "unspecified launch failure", "device-side assert", "misaligned address",
+    "uncorrectable ecc error", "fallen off the bus", "cuda_error_launch_failed", "cublas_status_execution_failed",
+    "cuda driver version is insufficient", "context is destroyed", "unknown error",
+)  # fmt: skip
+
+
+def cuda_fatal(exc: BaseException) -> str | None:
+    """The message of a fatal CUDA error, else None."""
+    text = str(exc)
+    lowered = text.lower()
+    gpu = any(lib in lowered for lib in ("cuda", "cublas", "cudnn"))
+    return text if gpu and any(p in lowered for p in CUDA_FATAL) else None
+
+
 class Engine:
     """One loaded Whisper model. Build it with `Engine.load(...)` or `Engine.from_settings(settings)`."""
 
@@ -74,6 +91,9 @@ class Engine:
         self.batch_size = batch_size
         self.multilingual: bool = bool(model.model.is_multilingual)
         self._closed = threading.Event()
+        # Issue 18 hook: set (to CUDA's message) once a fatal, sticky CUDA error is seen; the CUDA context is
+        # then unusable, so the SageMaker /ping answers 503 and SageMaker replaces the instance.
+        self.failed: str | None = None
         self._batcher: Batcher[ChunkJob, Answer] | None = None
         self._batcher_lock = threading.Lock()
 
@@ -158,6 +178,7 @@ class Engine:
                 segments, info = self._sequential(audio, options)
                 result = _collect(segments, audio.duration, progress)
         except (RuntimeError, ValueError) as exc:
+            self.failed = self.failed or cuda_fatal(exc)  # issue 18 hook (see __init__)
             raise EngineError(f"transcription failed: {exc}") from exc
         if progress:
             progress(audio.duration, audio.duration)

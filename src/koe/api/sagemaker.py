@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from koe.api.deps import app_settings, check_health, engine_for
+from koe.api.deps import app_settings, check_health, engine_for, loaded_engine
 from koe.api.inputs import (
     CUSTOM_ATTRIBUTES_HEADER,
     accept_format,
@@ -24,14 +24,19 @@ from koe.api.inputs import (
     received_body,
 )
 from koe.audio import AudioLimits, decode
+from koe.errors import ModelUnavailableError
 from koe.formats import CONTENT_TYPES, render
 
 router = APIRouter(tags=["sagemaker"])
 
 
-@router.get("/ping", summary="Health check: 200 once the model is loaded, 503 before")
+@router.get("/ping", summary="Health check: 200 once the model is loaded; 503 before, or after a fatal GPU error")
 async def ping(request: Request) -> Response:
     check_health(request)
+    engine = loaded_engine(request)
+    if engine is not None and engine.failed:
+        # The CUDA context is broken for good: say so, and SageMaker replaces the instance.
+        raise ModelUnavailableError(f"the GPU failed and this instance must be replaced: {engine.failed}")
     return Response(status_code=200)
 
 

@@ -102,8 +102,11 @@ def deploy_command(
     role: Annotated[str, typer.Option(help="SageMaker execution role ARN (`koe iam-policy --create-role`).")],
     bucket: Annotated[str, typer.Option(help="S3 bucket for model data, inputs, outputs and failures.")],
     prefix: Annotated[str | None, typer.Option(help="Key prefix in the bucket (default: koe/NAME).")] = None,
-    instance_type: Annotated[str, typer.Option(help="GPU instance type.")] = DEFAULT_INSTANCE_TYPE,
-    max_instances: Annotated[int, typer.Option(help="Autoscaling ceiling (the floor is 0).")] = 1,
+    instance_type: Annotated[
+        str, typer.Option(help="GPU (ml.g*/ml.p*) or CPU (ml.c*/ml.m*, small models) instance type.")
+    ] = DEFAULT_INSTANCE_TYPE,
+    max_instances: Annotated[int, typer.Option(help="Autoscaling ceiling.")] = 1,
+    min_instances: Annotated[int, typer.Option(help="Autoscaling floor: 0 scales to zero; 1+ stays warm.")] = 0,
     max_concurrent: Annotated[int, typer.Option(help="Async requests per instance at once.")] = 4,
     success_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each result.")] = None,
     error_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each failure.")] = None,
@@ -111,6 +114,13 @@ def deploy_command(
     ami_version: Annotated[str, typer.Option(help="InferenceAmiVersion (host GPU driver).")] = DEFAULT_AMI_VERSION,
     startup_timeout: Annotated[int, typer.Option(help="Seconds for the container to load and pass /ping.")] = 900,
     batch_size: Annotated[int | None, typer.Option(help="KOE_BATCH_SIZE in the container.")] = None,
+    invocation_timeout: Annotated[
+        int, typer.Option(help="InvocationTimeoutSeconds `koe invoke` sends; sizes the container's audio limit.")
+    ] = 3600,
+    throughput: Annotated[
+        float | None, typer.Option(help="Measured speed of one instance, x real time (e.g. 40).")
+    ] = None,
+    kms_key: Annotated[str | None, typer.Option(help="KMS key id or ARN for outputs (and volume).")] = None,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE container environment (repeatable).")] = None,
     wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for InService.")] = 1800,
     dry_run: DryRun = False,
@@ -125,8 +135,9 @@ def deploy_command(
     with _reported():
         spec = DeploySpec(
             name=name, image_uri=image, model=model, role_arn=role, bucket=bucket, prefix=prefix or "",
-            instance_type=instance_type, max_instances=max_instances,
-            max_concurrent_invocations=max_concurrent,
+            instance_type=instance_type, max_instances=max_instances, min_instances=min_instances,
+            max_concurrent_invocations=max_concurrent, invocation_timeout_s=invocation_timeout,
+            throughput=throughput, kms_key=kms_key,
             success_topic=success_topic, error_topic=error_topic, target_backlog_per_instance=target_backlog,
             ami_version=ami_version, startup_timeout_s=startup_timeout, batch_size=batch_size,
             environment=parse_environment(env or []),
@@ -135,7 +146,8 @@ def deploy_command(
         plan = plan_deploy(aws, spec, wait_timeout_s=wait_timeout)
         if _show(plan, dry_run):
             execute(plan, aws, console=err, cache_dir=settings.cache_dir)
-            err.print(f"[green]endpoint {name} is InService[/green]; scales 0..{max_instances} on its backlog")
+            bounds = f"{min_instances}..{max_instances}"
+            err.print(f"[green]endpoint {name} is InService[/green]; scales {bounds} on its backlog")
     typer.echo(name)
 
 
@@ -144,6 +156,8 @@ def _show(plan: Plan, dry_run: bool) -> bool:
     from koe.deploy.plan import describe_instruction, render_plan
 
     err.print(render_plan(plan))
+    for note in plan.notes:
+        err.print(note, highlight=False)
     if not plan.changes:
         err.print("nothing to change")
         return False
@@ -167,7 +181,9 @@ def invoke_command(
     word_timestamps: Annotated[bool | None, typer.Option(help="Word-level timestamps.")] = None,
     option: Annotated[list[str] | None, typer.Option(help="Any other option as KEY=VALUE (repeatable).")] = None,
     request_ttl: Annotated[int | None, typer.Option(help="Seconds a request may wait in the queue.")] = None,
-    invocation_timeout: Annotated[int | None, typer.Option(help="Seconds one request may run.")] = None,
+    invocation_timeout: Annotated[
+        int, typer.Option(help="Seconds one request may run (InvocationTimeoutSeconds, at most 3600).")
+    ] = 3600,
     region: Region = None,
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
@@ -277,6 +293,7 @@ def iam_policy_command(
     model_data: Annotated[str | None, typer.Option(help="An s3:// model.tar.gz outside the prefix.")] = None,
     success_topic: Annotated[str | None, typer.Option(help="SNS success topic ARN.")] = None,
     error_topic: Annotated[str | None, typer.Option(help="SNS error topic ARN.")] = None,
+    kms_key: Annotated[str | None, typer.Option(help="KMS key id or ARN (bucket, outputs, topics, volume).")] = None,
     create_role: Annotated[bool, typer.Option(help="Create (or update) the role in IAM.")] = False,
     role_name: Annotated[str | None, typer.Option(help="Role name (default: koe-NAME-sagemaker).")] = None,
     region: Region = None,
@@ -284,16 +301,18 @@ def iam_policy_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Print the execution role's least-privilege policy and trust policy; --create-role creates the role."""
-    from koe.deploy.iam import TRUST_POLICY, ensure_role, execution_policy, role_name_for, scope_for
+    from koe.deploy.iam import ensure_role, execution_policy, role_name_for, scope_for, trust_policy
 
     with _reported():
         check_name(name)
         aws = _aws(region, profile, endpoint_url)
         scope = scope_for(aws, endpoint=name, bucket=bucket, prefix=prefix, image_uri=image,
-                          topics=(success_topic, error_topic), model_data_url=model_data)  # fmt: skip
+                          topics=(success_topic, error_topic), model_data_url=model_data,
+                          kms_key=kms_key)  # fmt: skip
         policy = execution_policy(scope)
         if not create_role:
-            typer.echo(json.dumps({"PermissionsPolicy": policy, "TrustPolicy": TRUST_POLICY}, indent=2))
+            trust = trust_policy(scope.account)
+            typer.echo(json.dumps({"PermissionsPolicy": policy, "TrustPolicy": trust}, indent=2))
             return
         arn, created = ensure_role(aws, role_name=role_name or role_name_for(name), policy=policy, endpoint=name)
         err.print(f"{'created' if created else 'updated'} role {arn}")

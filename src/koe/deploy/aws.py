@@ -196,11 +196,13 @@ class Aws:
         variants: Sequence[Mapping[str, Any]],
         async_config: Mapping[str, Any],
         tags: Mapping[str, str],
+        volume_kms_key: str | None = None,
     ) -> str:
+        extra = {"KmsKeyId": volume_kms_key} if volume_kms_key else {}
         response = self._call(
             "sagemaker", "create_endpoint_config", EndpointConfigName=name,
             ProductionVariants=[dict(v) for v in variants], AsyncInferenceConfig=dict(async_config),
-            Tags=_tags(tags),
+            Tags=_tags(tags), **extra,
         )  # fmt: skip
         return str(response["EndpointConfigArn"])
 
@@ -251,6 +253,7 @@ class Aws:
         request_ttl_s: int | None = None,
         invocation_timeout_s: int | None = None,
     ) -> AsyncInvocation:
+        """`invocation_timeout_s` None leaves AWS's default (900 s); koe's callers always send one."""
         params: dict[str, Any] = {
             "EndpointName": endpoint, "InputLocation": input_location, "ContentType": content_type,
             "Accept": accept, "InferenceId": inference_id,

@@ -7,6 +7,10 @@ What SageMaker does with the role, and so all the role may do:
     Logs     the endpoint's own log group, /aws/sagemaker/Endpoints/<name>
     Metrics  PutMetricData (no resource-level control exists), limited by namespace condition
     SNS      Publish to the success/error topics, when given
+    KMS      use of one customer key, when given (encrypted bucket, outputs, topics, volume)
+
+The trust policy lets only SageMaker assume the role, and only on behalf of this account (`aws:SourceAccount`:
+the confused-deputy guard AWS recommends for service roles).
 """
 
 from __future__ import annotations
@@ -24,10 +28,22 @@ ECR_IMAGE_RE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[a-z0-9._/-]+)(?:[:@].+)?$"
 )
 
-TRUST_POLICY: dict[str, Any] = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-}
+KMS_ARN_RE = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[a-zA-Z0-9-]+$")
+KMS_ID_RE = re.compile(r"^[a-zA-Z0-9-]{1,64}$")
+
+
+def trust_policy(account: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "sagemaker.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+            }
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,16 @@ class RoleScope:
     partition: str = "aws"
     topics: tuple[str, ...] = ()
     model_data_url: str | None = None
+    kms_key: str | None = None
+
+
+def kms_key_arn(key: str, *, partition: str, region: str, account: str) -> str:
+    """A key ARN from an ARN or a key id (IAM needs the key's ARN; an alias names no key in a policy)."""
+    if KMS_ARN_RE.match(key):
+        return key
+    if KMS_ID_RE.match(key) and not key.startswith("alias"):
+        return f"arn:{partition}:kms:{region}:{account}:key/{key}"
+    raise OptionsError(f"kms key: {key!r}: give the key's id or ARN (not an alias)")
 
 
 def repository_arn(image_uri: str, partition: str = "aws") -> str:
@@ -84,6 +110,13 @@ def execution_policy(scope: RoleScope) -> dict[str, Any]:
     if scope.topics:
         statements.append({"Sid": "Notify", "Effect": "Allow", "Action": ["sns:Publish"],
                            "Resource": sorted(set(scope.topics))})  # fmt: skip
+    if scope.kms_key:
+        # Reading inputs and writing outputs in a bucket encrypted with the key, encrypting async outputs
+        # (KmsKeyId), publishing to encrypted topics, and the instance's storage volume.
+        arn = kms_key_arn(scope.kms_key, partition=p, region=scope.region, account=scope.account)
+        statements.append({"Sid": "Kms", "Effect": "Allow", "Action": ["kms:Decrypt", "kms:Encrypt",
+                           "kms:GenerateDataKey", "kms:ReEncrypt*", "kms:DescribeKey", "kms:CreateGrant"],
+                           "Resource": [arn]})  # fmt: skip
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -96,7 +129,7 @@ def ensure_role(aws: Aws, *, role_name: str, policy: dict[str, Any], endpoint: s
 
     Returns (role ARN, created). Running it again changes nothing but the policy text.
     """
-    trust = json.dumps(TRUST_POLICY)
+    trust = json.dumps(trust_policy(aws.account_id()))
     existing = aws.get_role(role_name)
     if existing is None:
         arn = aws.create_role(name=role_name, trust_policy=trust, description=f"koe: SageMaker endpoint {endpoint}")
@@ -118,10 +151,11 @@ def scope_for(
     image_uri: str,
     topics: Sequence[str | None] = (),
     model_data_url: str | None = None,
+    kms_key: str | None = None,
 ) -> RoleScope:
     return RoleScope(
         endpoint=endpoint, bucket=bucket, prefix=(prefix or f"koe/{endpoint}").strip("/"),
         image_uri=image_uri,
         account=aws.account_id(), region=aws.region, partition=aws.partition,
-        topics=tuple(t for t in topics if t), model_data_url=model_data_url,
+        topics=tuple(t for t in topics if t), model_data_url=model_data_url, kms_key=kms_key,
     )  # fmt: skip

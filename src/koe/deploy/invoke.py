@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from koe.deploy.aws import Aws
-from koe.deploy.spec import split_s3_root
+from koe.deploy.spec import MAX_INVOCATION_TIMEOUT_S, split_s3_root
 from koe.deploy.wait import Backoff, Clock
 from koe.errors import DeployError, KoeError, OptionsError
 from koe.formats import CONTENT_TYPES, EXTENSIONS, check_format
@@ -95,10 +95,14 @@ def submit(
     options: Mapping[str, Any] | None = None,
     root: str | None = None,
     request_ttl_s: int | None = None,
-    invocation_timeout_s: int | None = None,
+    invocation_timeout_s: int = MAX_INVOCATION_TIMEOUT_S,
     console: Console | None = None,
 ) -> list[Invocation]:
-    """Upload each file under a unique key and queue it on the endpoint; returns the queued invocations."""
+    """Upload each file under a unique key and queue it on the endpoint; returns the queued invocations.
+
+    InvocationTimeoutSeconds is always sent, by default at its maximum (3600 s): AWS's default of 900 s would
+    expire long audio that the container accepts (`koe deploy` sizes KOE_MAX_DURATION_S to this timeout).
+    """
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise OptionsError(f"no such file: {', '.join(missing)}")

@@ -31,7 +31,14 @@ from koe.deploy.autoscaling import (
     wake_configuration,
 )
 from koe.deploy.aws import Aws
-from koe.deploy.spec import DeploySpec, mapping_matches, owned_names, split_s3_root
+from koe.deploy.spec import (
+    ASSUMED_SPEED,
+    DeploySpec,
+    instance_family,
+    mapping_matches,
+    owned_names,
+    split_s3_root,
+)
 from koe.deploy.wait import Backoff, Clock, Until, wait_for_endpoint
 from koe.errors import AwsError, DeployError, KoeError
 
@@ -69,27 +76,45 @@ class PackageModel:
 
 @dataclass(frozen=True)
 class WaitForEndpoint:
+    """Wait for the endpoint's state; with `config`, InService counts only on that endpoint config."""
+
     name: str
     until: Until
     timeout_s: float
+    config: str | None = None
 
 
-Instruction = Call | PackageModel | WaitForEndpoint
+@dataclass(frozen=True)
+class RequireConfig:
+    """Stop unless endpoint `name` runs endpoint config `config` (guards the sweep of old configs/models)."""
+
+    name: str
+    config: str
+
+
+Instruction = Call | PackageModel | WaitForEndpoint | RequireConfig
 
 
 @dataclass(frozen=True)
 class Step:
+    """One resource's change. `undo` runs when this step or a later one fails, to put back what this step
+    took away (autoscaling taken down for an instance-type change is registered again)."""
+
     resource: str
     name: str
     action: Action
     detail: str = ""
     instructions: tuple[Instruction, ...] = ()
+    undo: tuple[Instruction, ...] = ()
 
 
 @dataclass(frozen=True)
 class Plan:
+    """`notes`: lines shown under the table (limits, expected cost); they change nothing."""
+
     title: str
     steps: tuple[Step, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def changes(self) -> tuple[Step, ...]:
@@ -111,15 +136,26 @@ def plan_deploy(aws: Aws, spec: DeploySpec, *, wait_timeout_s: float = 1800) -> 
     steps.append(_model_data_step(aws, spec))
     steps.append(_model_step(aws, spec))
     steps.append(_config_step(aws, spec))
-    endpoint = _endpoint_step(aws, spec, wait_timeout_s)
-    endpoint_changes = endpoint.action in ("update", "replace")
-    teardown, scaling = _scaling_steps(aws, spec, endpoint_changes=endpoint_changes)
+    current = aws.describe_endpoint(spec.name)
+    endpoint = _endpoint_step(spec, current, wait_timeout_s)
+    teardown, scaling = _scaling_steps(aws, spec, retype=_changes_instance_type(aws, spec, current, endpoint))
     if teardown is not None:
         steps.append(teardown)
     steps.append(endpoint)
     steps.extend(scaling)
     steps.extend(_sweep_steps(aws, spec))
-    return Plan(f"deploy {spec.name}", tuple(steps))
+    return Plan(f"deploy {spec.name}", tuple(steps), limits_notes(spec))
+
+
+def limits_notes(spec: DeploySpec) -> tuple[str, ...]:
+    speed = f"{spec.throughput:g}x real time (measured)" if spec.throughput else (
+        f"{ASSUMED_SPEED[instance_family(spec.instance_type)]:g}x real time (assumed; pass --throughput)"
+    )  # fmt: skip
+    return (
+        f"limits: InvocationTimeoutSeconds {spec.invocation_timeout_s} s (koe invoke sends it; AWS's default is "
+        f"900 s); the container accepts audio up to {spec.max_audio_s} s ({spec.max_audio_s / 3600:.1f} h: "
+        f"what one instance finishes in that time at {speed})",
+    )
 
 
 def _bucket_step(aws: Aws, spec: DeploySpec) -> Step:
@@ -163,15 +199,15 @@ def _config_step(aws: Aws, spec: DeploySpec) -> Step:
     if aws.describe_endpoint_config(name) is not None:
         return Step("endpoint config", name, "no-op", "exists")
     params = {"name": name, "variants": [spec.variant_config()], "async_config": spec.async_config(),
-              "tags": spec.tags}  # fmt: skip
-    detail = f"{spec.instance_type}, {spec.ami_version}, {spec.max_concurrent_invocations} per instance"
+              "tags": spec.tags, "volume_kms_key": spec.volume_kms_key}  # fmt: skip
+    host = f"{spec.instance_type}, {spec.ami_version}" if spec.gpu else f"{spec.instance_type} (CPU)"
+    detail = f"{host}, {spec.max_concurrent_invocations} per instance"
     return Step("endpoint config", name, "create", detail, (Call("create_endpoint_config", params),))
 
 
-def _endpoint_step(aws: Aws, spec: DeploySpec, timeout_s: float) -> Step:
+def _endpoint_step(spec: DeploySpec, current: Mapping[str, Any] | None, timeout_s: float) -> Step:
     name, config = spec.name, spec.config_name
-    in_service = WaitForEndpoint(name, "InService", timeout_s)
-    current = aws.describe_endpoint(name)
+    in_service = WaitForEndpoint(name, "InService", timeout_s, config)
     create = Call("create_endpoint", {"name": name, "config_name": config, "tags": spec.tags})
     if current is None:
         return Step("endpoint", name, "create", f"config {config}", (create, in_service))
@@ -190,8 +226,10 @@ def _endpoint_step(aws: Aws, spec: DeploySpec, timeout_s: float) -> Step:
     if current.get("EndpointConfigName") != config:
         steady = WaitForEndpoint(name, "steady", timeout_s)
         update = Call("update_endpoint", {"name": name, "config_name": config})
-        return Step("endpoint", name, "update", f"{current.get('EndpointConfigName')} -> {config}",
-                    (steady, update, in_service))  # fmt: skip
+        detail = f"{current.get('EndpointConfigName')} -> {config}"
+        if current.get("FailureReason"):  # an earlier update of it was rolled back
+            detail += f" (last update failed: {current['FailureReason']})"
+        return Step("endpoint", name, "update", detail, (steady, update, in_service))
     if status in TRANSITIONAL:
         return Step("endpoint", name, "wait", f"it is {status}", (in_service,))
     if status != "InService":
@@ -199,23 +237,35 @@ def _endpoint_step(aws: Aws, spec: DeploySpec, timeout_s: float) -> Step:
     return Step("endpoint", name, "no-op", "InService")
 
 
-def _scaling_steps(aws: Aws, spec: DeploySpec, *, endpoint_changes: bool) -> tuple[Step | None, list[Step]]:
+def _changes_instance_type(aws: Aws, spec: DeploySpec, current: Mapping[str, Any] | None, endpoint: Step) -> bool:
+    """Whether the endpoint update moves the variant to another instance type (or another variant name)."""
+    if current is None or endpoint.action != "update":
+        return False
+    config = aws.describe_endpoint_config(str(current.get("EndpointConfigName")))
+    variants = (config or {}).get("ProductionVariants") or []
+    same = (spec.variant, spec.instance_type)
+    return not any((v.get("VariantName"), v.get("InstanceType")) == same for v in variants)
+
+
+def _scaling_steps(aws: Aws, spec: DeploySpec, *, retype: bool) -> tuple[Step | None, list[Step]]:
+    """Autoscaling is changed in place (RegisterScalableTarget and PutScalingPolicy update what exists), so an
+    endpoint update never leaves the variant unscaled. The one exception is AWS's: UpdateEndpoint fails for a
+    variant registered with Application Auto Scaling when the update changes its instance type, so only then
+    is it taken down before the update, and the step's `undo` registers it again as it was if anything after
+    fails (at zero instances nothing else would ever wake the endpoint, and running instances would bill)."""
     names = ScalingNames(spec.name, spec.variant)
     rid = names.resource_id
     target = aws.describe_scalable_target(rid)
     policies = {p["PolicyName"]: p for p in aws.describe_scaling_policies(rid)}
     ours = [n for n in (names.tracking_policy, names.wake_policy) if n in policies]
     teardown = None
-    if endpoint_changes and (target is not None or ours):
-        # UpdateEndpoint fails for a variant registered with Application Auto Scaling when the update changes
-        # its instance type; AWS's advice is to delete the policies and deregister the variant first, then
-        # register again. Doing it for every update keeps one path. (Deregistering deletes the policies on
-        # AWS; they are deleted explicitly first so that no emulator keeps them.)
+    if retype and (target is not None or ours):
+        # Deregistering deletes the policies on AWS; they are deleted explicitly first so that no emulator keeps them.
         calls: list[Instruction] = [Call("delete_scaling_policy", {"name": n, "resource_id": rid}) for n in ours]
         if target is not None:
             calls.append(Call("deregister_scalable_target", {"resource_id": rid}))
-        teardown = Step("autoscaling", rid, "delete", "before the endpoint update; registered again after",
-                        tuple(calls))  # fmt: skip
+        teardown = Step("autoscaling", rid, "delete", "the instance type changes: registered again after",
+                        tuple(calls), _restore(names, target, policies))  # fmt: skip
         target, policies = None, {}
 
     steps = [_target_step(spec, rid, target)]
@@ -228,13 +278,37 @@ def _scaling_steps(aws: Aws, spec: DeploySpec, *, endpoint_changes: bool) -> tup
     return teardown, steps
 
 
+def _restore(
+    names: ScalingNames, target: Mapping[str, Any] | None, policies: Mapping[str, Mapping[str, Any]]
+) -> tuple[Instruction, ...]:
+    """The calls that put back the scalable target and koe's policies as they are now (and point the wake
+    alarm at the wake policy again, whose ARN may change when it is created anew)."""
+    rid = names.resource_id
+    calls: list[Instruction] = []
+    if target is not None:
+        bounds = {"min_capacity": int(target["MinCapacity"]), "max_capacity": int(target["MaxCapacity"])}
+        calls.append(Call("register_scalable_target", {"resource_id": rid, **bounds}))
+    for name in (names.tracking_policy, names.wake_policy):
+        policy = policies.get(name)
+        if policy is None:
+            continue
+        kind = str(policy["PolicyType"])
+        key = "TargetTrackingScalingPolicyConfiguration" if kind == TRACKING else "StepScalingPolicyConfiguration"
+        store = "restored-wake" if name == names.wake_policy else None
+        params = {"name": name, "resource_id": rid, "policy_type": kind, "configuration": dict(policy[key])}
+        calls.append(Call("put_scaling_policy", params, store=store))
+    if names.wake_policy in policies:
+        calls.append(Call("put_metric_alarm", {"alarm": wake_alarm(names, Var("restored-wake"))}))
+    return tuple(calls)
+
+
 def _target_step(spec: DeploySpec, rid: str, target: Mapping[str, Any] | None) -> Step:
-    params = {"resource_id": rid, "min_capacity": 0, "max_capacity": spec.max_instances}
-    detail = f"0..{spec.max_instances} instances"
+    params = {"resource_id": rid, "min_capacity": spec.min_instances, "max_capacity": spec.max_instances}
+    detail = f"{spec.min_instances}..{spec.max_instances} instances"
     register = (Call("register_scalable_target", params),)
     if target is None:
         return Step("scalable target", rid, "create", detail, register)
-    if target.get("MinCapacity") != 0 or target.get("MaxCapacity") != spec.max_instances:
+    if target.get("MinCapacity") != spec.min_instances or target.get("MaxCapacity") != spec.max_instances:
         now = f"{target.get('MinCapacity')}..{target.get('MaxCapacity')}"
         return Step("scalable target", rid, "update", f"{now} -> {detail}", register)
     return Step("scalable target", rid, "no-op", detail)
@@ -276,11 +350,13 @@ def _sweep_steps(aws: Aws, spec: DeploySpec) -> list[Step]:
     """Endpoint configs and models of earlier deploys, deleted once the endpoint runs on the new ones."""
     configs = [c for c in owned_names(spec.name, aws.list_endpoint_config_names(spec.name)) if c != spec.config_name]
     models = [m for m in owned_names(spec.name, aws.list_model_names(spec.name)) if m != spec.model_name]
+    # Checked again at execution: if the endpoint does not run the new config (a rolled-back update), nothing goes.
+    guard = RequireConfig(spec.name, spec.config_name)
     steps = [
-        Step("old endpoint config", c, "delete", "replaced", (Call("delete_endpoint_config", {"name": c}),))
+        Step("old endpoint config", c, "delete", "replaced", (guard, Call("delete_endpoint_config", {"name": c})))
         for c in configs
     ]
-    steps += [Step("old model", m, "delete", "replaced", (Call("delete_model", {"name": m}),)) for m in models]
+    steps += [Step("old model", m, "delete", "replaced", (guard, Call("delete_model", {"name": m}))) for m in models]
     return steps
 
 
@@ -394,8 +470,11 @@ def describe_instruction(instruction: Instruction) -> str:
         return f"{instruction.method}({args})"
     if isinstance(instruction, PackageModel):
         return f"koe.package.build_model_archive({instruction.model!r}) -> upload {instruction.url}"
+    if isinstance(instruction, RequireConfig):
+        return f"check that endpoint {instruction.name} runs {instruction.config}"
     limit = f"{instruction.timeout_s:.0f} s"
-    return f"wait until endpoint {instruction.name} is {instruction.until} (at most {limit})"
+    on = f" on {instruction.config}" if instruction.config and instruction.until == "InService" else ""
+    return f"wait until endpoint {instruction.name} is {instruction.until}{on} (at most {limit})"
 
 
 def _short(value: Any) -> str:
@@ -422,14 +501,33 @@ def execute(
     running `plan_deploy` + `execute` again picks up from there."""
     console = console or Console(stderr=True)
     results: dict[str, Any] = {}
+    undo: list[tuple[Step, tuple[Instruction, ...]]] = []
     for step in plan.changes:
+        if step.undo:
+            undo.append((step, step.undo))
         try:
             for instruction in step.instructions:
                 _run(instruction, aws, results, console, cache_dir, packager, backoff, clock)
         except KoeError as exc:
-            raise type(exc)(f"{step.action} {step.resource} {step.name}: {exc.message}") from exc
+            restored = _undo(undo, aws, results, console)
+            raise type(exc)(f"{step.action} {step.resource} {step.name}: {exc.message}{restored}") from exc
         style = _STYLE[step.action]
         console.print(f"[{style}]{_past(step.action)}[/{style}] {step.resource} {step.name}")
+
+
+def _undo(undo: list[tuple[Step, tuple[Instruction, ...]]], aws: Aws, results: dict[str, Any], console: Console) -> str:
+    """Run the undo instructions of the steps done so far, last first; a note for the error message."""
+    notes = []
+    for step, instructions in reversed(undo):
+        try:
+            for instruction in instructions:
+                _run(instruction, aws, results, console, None, None, Backoff(), None)
+        except KoeError as exc:
+            notes.append(f"could NOT restore {step.resource} {step.name}: {exc.message}")
+        else:
+            notes.append(f"{step.resource} {step.name} restored as it was")
+            console.print(f"[yellow]restored[/yellow] {step.resource} {step.name}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _run(
@@ -449,9 +547,13 @@ def _run(
             results[instruction.store] = result
     elif isinstance(instruction, PackageModel):
         package_and_upload(aws, instruction.model, instruction.url, cache_dir=cache_dir, packager=packager)
+    elif isinstance(instruction, RequireConfig):
+        running = (aws.describe_endpoint(instruction.name) or {}).get("EndpointConfigName")
+        if running != instruction.config:
+            raise DeployError(f"endpoint {instruction.name} runs {running}, not {instruction.config}: kept")
     else:
         wait_for_endpoint(aws, instruction.name, until=instruction.until, timeout_s=instruction.timeout_s,
-                          backoff=backoff, console=console, clock=clock)  # fmt: skip
+                          backoff=backoff, console=console, clock=clock, config=instruction.config)  # fmt: skip
 
 
 def _resolve(value: Any, results: Mapping[str, Any]) -> Any:

@@ -25,6 +25,16 @@ HASH_LEN = 10
 TOPIC_RE = re.compile(r"^arn:aws[a-z\-]*:sns:[a-z0-9\-]*:[0-9]{12}:[a-zA-Z0-9_.-]+$")
 ROLE_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+KMS_RE = re.compile(r"^[a-zA-Z0-9:/_-]{1,2048}$")  # AsyncInferenceOutputConfig.KmsKeyId / KmsKeyId patterns
+# SageMaker hosting families koe runs on: GPU (g*, p*: CUDA) and CPU (c*, m*, r*, t*: small models, where a CPU
+# instance costs less than an idle GPU). Inferentia / Trainium (inf*, trn*) need a Neuron build: not supported.
+GPU_FAMILIES = ("g", "p")
+CPU_FAMILIES = ("c", "m", "r", "t")
+MAX_INVOCATION_TIMEOUT_S = 3600  # InvokeEndpointAsync's InvocationTimeoutSeconds: 1..3600, AWS default 900
+# Until a measured --throughput is given, the audio limit is derived from a deliberately low speed (audio
+# seconds per second of processing), so that the longest accepted file still finishes within the timeout.
+ASSUMED_SPEED = {"gpu": 4.0, "cpu": 1.0}
+CONTAINER_MAX_AUDIO_S = 4 * 3600  # koe's own default (Settings.max_duration_s)
 
 DEFAULT_INSTANCE_TYPE = "ml.g4dn.xlarge"
 DEFAULT_VARIANT = "AllTraffic"
@@ -55,12 +65,18 @@ class DeploySpec:
         role_arn: the SageMaker execution role (`koe iam-policy --create-role` makes one).
         bucket, prefix: where model data, inputs, outputs and failures live
             (`<prefix>/{model,input,output,failure}`).
-        instance_type: one GPU instance type; ml.g4dn.xlarge (one T4) is the cheapest that fits large-v3.
-        max_instances: the autoscaling ceiling; the floor is always 0.
+        instance_type: a GPU type (ml.g4dn.xlarge, one T4, is the cheapest that fits large-v3), or a CPU type
+            (ml.c*/ml.m*) for small models.
+        min_instances: the autoscaling floor (0: scale to zero; 1+: a warm floor that never cold-starts).
+        max_instances: the autoscaling ceiling.
         max_concurrent_invocations: async requests one instance takes at a time (more lets koe batch them).
         success_topic, error_topic: SNS topic ARNs notified per request (optional).
         target_backlog_per_instance: target tracking's target for ApproximateBacklogSizePerInstance.
-        ami_version: the InferenceAmiVersion, i.e. the host GPU driver (see DEFAULT_AMI_VERSION).
+        ami_version: the InferenceAmiVersion, i.e. the host GPU driver (see DEFAULT_AMI_VERSION); GPU types only.
+        invocation_timeout_s: the InvocationTimeoutSeconds `koe invoke` sends (AWS's default is 900 s); the
+            container's audio limit (KOE_MAX_DURATION_S) is derived from it and the throughput.
+        throughput: measured speed of one instance, audio seconds per second (e.g. 40 = 40x real time).
+        kms_key: a KMS key (id or ARN) for the async outputs and the instance's storage volume.
         startup_timeout_s: ContainerStartupHealthCheckTimeoutInSeconds: from container start to a 200 on
             /ping, which includes loading the model onto the GPU.
         download_timeout_s: ModelDataDownloadTimeoutInSeconds: fetching and unpacking model.tar.gz.
@@ -75,6 +91,7 @@ class DeploySpec:
     prefix: str = ""
     instance_type: str = DEFAULT_INSTANCE_TYPE
     max_instances: int = 1
+    min_instances: int = 0
     max_concurrent_invocations: int = 4
     success_topic: str | None = None
     error_topic: str | None = None
@@ -83,6 +100,9 @@ class DeploySpec:
     startup_timeout_s: int = 900
     download_timeout_s: int = 1200
     batch_size: int | None = None
+    invocation_timeout_s: int = MAX_INVOCATION_TIMEOUT_S
+    throughput: float | None = None
+    kms_key: str | None = None
     variant: str = DEFAULT_VARIANT
     environment: tuple[tuple[str, str], ...] = field(default=())
 
@@ -93,12 +113,12 @@ class DeploySpec:
         _check(bool(self.model), "model", "is required")
         _check(bool(ROLE_RE.match(self.role_arn)), "role_arn", f"{self.role_arn!r} is not an IAM role ARN")
         _check(bool(BUCKET_RE.match(self.bucket)), "bucket", f"{self.bucket!r} is not an S3 bucket name")
-        _check(
-            self.instance_type.startswith("ml."),
-            "instance_type",
-            "must be a SageMaker type such as ml.g4dn.xlarge",
-        )
+        instance_family(self.instance_type)
         _check(1 <= self.max_instances <= 100, "max_instances", "must be between 1 and 100")
+        _check(0 <= self.min_instances <= self.max_instances, "min_instances", "must be 0..max_instances")
+        _check(1 <= self.invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S, "invocation_timeout_s", "must be 1..3600")
+        _check(self.throughput is None or self.throughput > 0, "throughput", "must be positive")
+        _check(self.kms_key is None or bool(KMS_RE.match(self.kms_key)), "kms_key", "is not a KMS key id or ARN")
         _check(1 <= self.max_concurrent_invocations <= 1000, "max_concurrent_invocations", "must be 1..1000")
         _check(self.target_backlog_per_instance > 0, "target_backlog_per_instance", "must be positive")
         _check(self.ami_version in AMI_VERSIONS, "ami_version", f"must be one of {', '.join(AMI_VERSIONS)}")
@@ -143,9 +163,19 @@ class DeploySpec:
 
     # ---- SageMaker shapes ----------------------------------------------------------------------------------
 
+    @property
+    def gpu(self) -> bool:
+        return instance_family(self.instance_type) == "gpu"
+
+    @property
+    def max_audio_s(self) -> int:
+        """The longest audio the container accepts: what one instance finishes within the invocation timeout
+        (at the measured throughput, else at a deliberately low assumed speed), at most koe's 4 h default."""
+        speed = self.throughput or ASSUMED_SPEED[instance_family(self.instance_type)]
+        return int(min(CONTAINER_MAX_AUDIO_S, self.invocation_timeout_s * speed))
+
     def model_environment(self) -> dict[str, str]:
-        gpu = self.instance_type.split(".")[1][:1] in ("g", "p")
-        env = {"KOE_DEVICE": "cuda" if gpu else "cpu"}
+        env = {"KOE_DEVICE": "cuda" if self.gpu else "cpu", "KOE_MAX_DURATION_S": str(self.max_audio_s)}
         if not self.baked:  # a baked image finds its own model (/opt/koe/model) when KOE_MODEL is unset
             env["KOE_MODEL"] = MODEL_DIR
         if self.batch_size is not None:
@@ -160,18 +190,22 @@ class DeploySpec:
         return f"{self.name}-{digest(parts)}"
 
     def variant_config(self) -> dict[str, Any]:
-        return {
+        variant: dict[str, Any] = {
             "VariantName": self.variant,
             "ModelName": self.model_name,
-            "InitialInstanceCount": 1,
+            "InitialInstanceCount": max(1, self.min_instances),
             "InstanceType": self.instance_type,
-            "InferenceAmiVersion": self.ami_version,
             "ContainerStartupHealthCheckTimeoutInSeconds": self.startup_timeout_s,
             "ModelDataDownloadTimeoutInSeconds": self.download_timeout_s,
         }
+        if self.gpu:  # the AMI picks the host's GPU driver; CPU hosts have none to pick
+            variant["InferenceAmiVersion"] = self.ami_version
+        return variant
 
     def async_config(self) -> dict[str, Any]:
         output: dict[str, Any] = {"S3OutputPath": self.output_path, "S3FailurePath": self.failure_path}
+        if self.kms_key:
+            output["KmsKeyId"] = self.kms_key
         notify = {k: v for k, v in (("SuccessTopic", self.success_topic), ("ErrorTopic", self.error_topic)) if v}
         if notify:
             output["NotificationConfig"] = notify
@@ -181,12 +215,35 @@ class DeploySpec:
         }
 
     @property
+    def volume_kms_key(self) -> str | None:
+        """CreateEndpointConfig's KmsKeyId (the ML storage volume), where AWS accepts one. AWS rejects it for
+        instance types with local NVMe storage (every GPU family koe uses, and c5d/m5d/...), whose instance
+        store is encrypted by the hardware."""
+        if not self.kms_key or self.gpu or re.match(r"^ml\.[a-z]+\d[a-z-]*d[a-z-]*\.", self.instance_type):
+            return None
+        return self.kms_key
+
+    @property
     def config_name(self) -> str:
-        return f"{self.name}-{digest({'variant': self.variant_config(), 'async': self.async_config()})}"
+        parts = {"variant": self.variant_config(), "async": self.async_config(), "kms": self.volume_kms_key}
+        return f"{self.name}-{digest(parts)}"
 
     @property
     def tags(self) -> dict[str, str]:
         return {TAG_KEY: self.name}
+
+
+def instance_family(instance_type: str) -> str:
+    """Whether a SageMaker hosting instance type (`ml.<family><generation>.<size>`) is "gpu" or "cpu"."""
+    match = re.match(r"^ml\.([a-z]+)\d[a-z0-9-]*\.[a-z0-9]+$", instance_type)
+    family = match.group(1) if match else ""
+    if family[:1] in GPU_FAMILIES:
+        return "gpu"
+    if family[:1] in CPU_FAMILIES:
+        return "cpu"
+    raise OptionsError(
+        f"instance_type: {instance_type!r} is not a SageMaker GPU (ml.g*/ml.p*) or CPU (ml.c*/ml.m*/ml.r*/ml.t*) type"
+    )
 
 
 def check_name(name: str) -> str:

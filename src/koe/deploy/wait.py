@@ -51,11 +51,14 @@ def wait_for_endpoint(
     backoff: Backoff = Backoff(),
     console: Console | None = None,
     clock: Clock | None = None,
+    config: str | None = None,
 ) -> dict[str, Any] | None:
     """Poll DescribeEndpoint until the endpoint is InService (or steady, or gone); the last description.
 
     Raises DeployError with SageMaker's FailureReason when the endpoint goes to Failed while waiting for
-    InService, and when `timeout_s` passes first (naming the state it was stuck in).
+    InService, and when `timeout_s` passes first (naming the state it was stuck in). With `config`, InService
+    counts only on that endpoint config: a blue/green update whose new fleet fails returns the endpoint to
+    InService on the OLD config with a FailureReason, which is a failed update, not a finished one.
     """
     clock = clock or Clock()
     deadline = clock.now() + timeout_s
@@ -66,7 +69,7 @@ def wait_for_endpoint(
             described = aws.describe_endpoint(name)
             status = described.get("EndpointStatus", "?") if described else "absent"
             progress.update(task, description=f"endpoint {name}: {status} (waiting for {until})")
-            if _reached(name, until, described):
+            if _reached(name, until, described, config):
                 return described
             if clock.now() + delay > deadline:
                 reason = (described or {}).get("FailureReason")
@@ -80,7 +83,7 @@ def wait_for_endpoint(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _reached(name: str, until: Until, described: dict[str, Any] | None) -> bool:
+def _reached(name: str, until: Until, described: dict[str, Any] | None, config: str | None = None) -> bool:
     if until == "deleted":
         return described is None
     if described is None:
@@ -95,4 +98,13 @@ def _reached(name: str, until: Until, described: dict[str, Any] | None) -> bool:
             "a CannotStartContainerError "
             "with no logs usually means the host GPU driver is too old for the image: check --ami-version)"
         )
-    return status == "InService"
+    if status != "InService":
+        return False
+    running = described.get("EndpointConfigName")
+    if config is not None and running != config:
+        reason = described.get("FailureReason") or "no reason given"
+        raise DeployError(
+            f"endpoint {name}: the update to {config} was rolled back; it still runs {running} ({reason}). "
+            f"Nothing was deleted; logs: /aws/sagemaker/Endpoints/{name}"
+        )
+    return True
