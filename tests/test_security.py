@@ -665,3 +665,50 @@ def test_clients_name_only_allowed_buckets(tmp_path: Path, api_url: str) -> None
             response = http.post("/v1/jobs", json=body)
             assert response.status_code == 403, (body, response.text[:200])
             assert response.json()["error"]["type"] == "location_not_allowed"
+
+
+def test_odd_cursors_are_a_422_not_a_500(api_url: str) -> None:
+    """A cursor past SQLite's integers overflowed (500); any cursor that is not one of ours is a 422."""
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        for cursor in ("99999999999999999999", "9" * 400, "-1", "1e3", " 5", "٣", "0x10", "5\n"):
+            response = http.get("/v1/jobs", params={"cursor": cursor})
+            assert response.status_code == 422, (cursor, response.status_code, response.text[:200])
+            assert response.json()["error"]["type"] == "invalid_option"
+        assert http.get("/v1/jobs", params={"cursor": "4611686018427387904"}).status_code == 200
+
+
+def test_non_latin1_output_paths_are_answered_not_500(engine: Engine, tmp_path: Path) -> None:
+    """An s3:// output path with characters HTTP headers cannot carry failed after the job was queued (500, and
+    the client never learnt the job existed). The answer now carries them percent-encoded in the headers and as
+    given in the body."""
+    from urllib.parse import unquote
+
+    from starlette.testclient import TestClient
+
+    settings = Settings(data_dir=tmp_path, jobs_enabled=True, s3_buckets=["*"], worker_concurrency=0)
+    app = create_app(settings, engine_factory=lambda _: engine)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        body = {"input_location": "s3://media/声/in.wav", "output_path": "s3://media/出力/", "id": "j1"}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.text[:300]
+        assert response.json()["output_location"] == "s3://media/出力/j1.out"
+        assert unquote(response.headers["x-amzn-sagemaker-outputlocation"]) == "s3://media/出力/j1.out"
+
+
+CONTROL_LOCATIONS = ["a\x1b[31mred.wav", "a\r\n2026-01-01 INFO koe: forged.wav", "a\u2028b.wav", "a\u202egnp.wav",
+                     "a\x85b.wav", "a\x7fb.wav", "a%0d%0ab.wav", "a%1bb.wav"]  # fmt: skip
+
+
+def test_control_characters_in_locations_are_refused(open_app: FastAPI, api_url: str) -> None:
+    """ESC, CR/LF, U+2028, bidi overrides (raw or percent-encoded) in a location would forge or hide log lines:
+    such a location is refused (403) before a job exists."""
+    root = open_app.state.settings.data_dir
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        for name in CONTROL_LOCATIONS:
+            for field in ("input_location", "output_path"):
+                body = {"input_location": f"file://{root}/in.wav", field: f"file://{root}/{name}"}
+                response = http.post("/v1/jobs", json=body)
+                assert response.status_code == 403, (name, field, response.status_code, response.text[:200])
+            if "%" not in name:  # an s3:// key is taken literally: `%0d` there is three characters
+                with pytest.raises(LocationError):
+                    parse_location(f"s3://koe/{name}")

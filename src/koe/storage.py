@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,11 +90,14 @@ class Location:
 
 
 def parse_location(url: str) -> Location:
-    """Parse `url` into a Location; refuses other schemes, NUL bytes and `..` segments."""
+    """Parse `url` into a Location; refuses other schemes, control characters (NUL, ESC, CR, LF, U+2028, bidi
+    overrides: they would forge or hide log lines) and `..` segments."""
     if not isinstance(url, str) or not url:
         raise LocationError("a location must be a non-empty file:// or s3:// URL")
     if "\x00" in url:
         raise LocationError("a location must not contain NUL bytes")
+    if has_control_characters(url):
+        raise LocationError(f"a location must not contain control characters: {url!r}")
     parts = urlsplit(url)
     if parts.query or parts.fragment:
         raise LocationError(f"a location has no query or fragment: {url!r}")
@@ -115,9 +119,17 @@ def parse_location(url: str) -> Location:
     raise LocationError(f"unsupported location {url!r}: use file:// or s3://")
 
 
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a control character (C0, DEL, C1), a line or paragraph separator, or a bidi control."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in text)
+
+
 def _refuse_escapes(path: str, url: str) -> None:
-    if "\x00" in path:
-        raise LocationError("a location must not contain NUL bytes")
+    if "\x00" in path or has_control_characters(path):
+        raise LocationError("a location must not contain NUL bytes or control characters")
     if ".." in path.split("/"):
         raise LocationError(f"a location must not contain '..' segments: {url!r}")
 

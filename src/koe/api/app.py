@@ -129,7 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
 async def _koe_error(request: Request, exc: KoeError) -> JSONResponse:
     status = http_status(exc)
     if status >= 500:
-        logger.error("%s %s failed: %s: %s", request.method, request.url.path, exc.type, exc.message)
+        logger.error("%s %r failed: %s: %s", request.method, request.url.path, exc.type, exc.message)
     return JSONResponse(error_body(exc), status_code=status)
 
 

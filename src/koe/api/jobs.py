@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Query
@@ -84,10 +85,16 @@ async def submit_job(request: Request) -> JSONResponse:
         status_code=202 if created else 200,
         headers={
             "Location": f"/v1/jobs/{job.id}",
-            "X-Amzn-SageMaker-OutputLocation": job.output_location,
-            "X-Amzn-SageMaker-FailureLocation": job.failure_location,
+            "X-Amzn-SageMaker-OutputLocation": header_value(job.output_location),
+            "X-Amzn-SageMaker-FailureLocation": header_value(job.failure_location),
         },
     )
+
+
+def header_value(location: str) -> str:
+    """A location as an HTTP header value: S3 keys may hold any Unicode, headers only Latin-1, so characters
+    outside printable ASCII are percent-encoded (UTF-8) there; the body carries the location as is."""
+    return quote(location, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%"))
 
 
 def _json_fields(data: bytes) -> dict[str, Any]:

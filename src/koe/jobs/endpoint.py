@@ -138,7 +138,7 @@ class LocalEndpoint:
             raise OptionsError(describe_validation_error(exc)) from None
         job, created = self.queue.submit(request, job_id, max_attempts=self.settings.max_attempts)
         if created:
-            logger.info("job %s: queued (%s)", job.id, job.input_location)
+            logger.info("job %r: queued (%r)", job.id, job.input_location)  # quoted: the client chose both
             self.pool.wake()
         return job, created
 

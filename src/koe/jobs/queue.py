@@ -515,13 +515,16 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
+MAX_SEQ = 2**62
+
+
 def _cursor_seq(cursor: str | None) -> int:
+    """The row a `next_cursor` points at: ASCII digits within SQLite's integers (a longer number overflowed)."""
     if cursor is None or cursor == "":
-        return 2**62
-    try:
-        return int(cursor)
-    except ValueError:
-        raise OptionsError(f"cursor: not a cursor from this server: {cursor!r}") from None
+        return MAX_SEQ
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 19 and int(cursor) <= MAX_SEQ):
+        raise OptionsError(f"cursor: not a cursor from this server: {cursor[:40]!r}")
+    return int(cursor)
 
 
 def _job(row: sqlite3.Row) -> Job:
