@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The speaker encoder's weights (diarize=true); --no-deps: koe reads the file and never needs torch.
+	$(BIN)/python -m pip install -q --no-deps resemblyzer==0.1.4
 	touch $(STAMP)
 
 install: $(STAMP)

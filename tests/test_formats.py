@@ -100,7 +100,7 @@ def test_many_segments_and_hours() -> None:
 
 
 def test_format_names_and_accept() -> None:
-    assert set(FORMATS) == {"text", "json", "verbose_json", "srt", "vtt", "tsv"}
+    assert set(FORMATS) == {"text", "json", "verbose_json", "srt", "vtt", "tsv", "rttm"}
     with pytest.raises(OptionsError, match="response format 'docx'"):
         check_format("docx")
     assert format_for_accept(None) == "verbose_json"

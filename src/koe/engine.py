@@ -169,6 +169,11 @@ class Engine:
         """Transcribe `audio` with `options`, calling `progress(done_s, total_s)` as segments finish."""
         options = options or TranscribeOptions()
         self.check(options)
+        speakers = None
+        if options.diarize:  # issue 16 hook: speaker labels, computed on the CPU while the model transcribes
+            from koe import diarize  # imported only when asked: requests without diarize pay nothing
+
+            speakers = diarize.start(audio.samples, options)
         mode = self.resolve_mode(options)
         try:
             if mode == "batched":
@@ -182,13 +187,14 @@ class Engine:
             raise EngineError(f"transcription failed: {exc}") from exc
         if progress:
             progress(audio.duration, audio.duration)
-        return Transcript.from_segments(
+        transcript = Transcript.from_segments(
             result,
             language=info.language,
             language_probability=float(info.language_probability),
             duration=audio.duration,
             task=options.task,
         )
+        return speakers.label(transcript) if speakers else transcript  # issue 16 hook
 
     def stream(self, audio: Audio, options: TranscribeOptions | None = None) -> Iterator[Segment]:
         """Segments as the model finishes them (blocking; consume it in a worker thread).

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from koe.errors import OptionsError
 
@@ -46,6 +46,10 @@ class TranscribeOptions(BaseModel):
     hotwords: str | None = Field(None, max_length=2000)
     batch_size: int | None = Field(None, ge=1, le=256, description="None: the server's setting.")
     mode: Mode = "auto"
+    diarize: bool = Field(False, description="Label speakers (who said what); costs CPU time only when on.")
+    num_speakers: int | None = Field(None, ge=1, le=32, description="Exact number of speakers (implies diarize).")
+    min_speakers: int | None = Field(None, ge=1, le=32, description="Fewest speakers to find (implies diarize).")
+    max_speakers: int | None = Field(None, ge=1, le=32, description="Most speakers to find (implies diarize).")
 
     @field_validator("language", mode="before")
     @classmethod
@@ -82,6 +86,16 @@ class TranscribeOptions(BaseModel):
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL characters")
         return value or None
+
+    @model_validator(mode="after")
+    def _speakers(self) -> TranscribeOptions:
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError("min_speakers must not be more than max_speakers")
+        if self.num_speakers and (self.min_speakers or self.max_speakers):
+            raise ValueError("give num_speakers, or min_speakers/max_speakers, not both")
+        if not self.diarize and (self.num_speakers or self.min_speakers or self.max_speakers):
+            object.__setattr__(self, "diarize", True)  # a speaker count only makes sense with speaker labels
+        return self
 
     def merged(self, **changes: Any) -> TranscribeOptions:
         """A copy with `changes` applied and validated."""

@@ -12,6 +12,7 @@ class Word(BaseModel):
     start: float
     end: float
     probability: float = 1.0
+    speaker: str | None = None  # set when diarized ("Speaker 1", ...)
 
 
 class Segment(BaseModel):
@@ -26,6 +27,7 @@ class Segment(BaseModel):
     compression_ratio: float = 0.0
     no_speech_prob: float = 0.0
     words: list[Word] | None = None
+    speaker: str | None = None  # set when diarized ("Speaker 1", ...)
 
 
 class Transcript(BaseModel):
