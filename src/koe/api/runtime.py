@@ -343,7 +343,7 @@ async def submit(request: Request, invocation: AsyncInvocation) -> tuple[str, st
     location = invocation.input_location
     if location is None:
         location = await inline_input(request, endpoint, min(settings.max_sync_bytes, settings.max_input_bytes))
-    output_path, failure_path = endpoint.output_path, endpoint.failure_path
+    output_path, failure_path = endpoint.output_path, default_failure_path(endpoint)
     if invocation.output_extension:
         output_path = await run_in_threadpool(subfolder, endpoint, output_path, invocation.output_extension)
     job, _created = await run_in_threadpool(
@@ -378,6 +378,20 @@ async def inline_input(request: Request, endpoint: LocalEndpoint, limit: int) ->
             413,
         ) from None
     return file_location(stored)
+
+
+def default_failure_path(endpoint: LocalEndpoint) -> str:
+    """KOE_FAILURE_PATH, else a `failures` folder beside an s3:// output path (same scheme and bucket).
+
+    On SageMaker both locations are S3, and clients rely on it: the SageMaker Python SDK's AsyncPredictor
+    parses the FailureLocation as s3:// (`ValueError: Expecting 's3' scheme`) even for a successful result.
+    With only KOE_OUTPUT_PATH set to s3://, the failure path would otherwise stay file://<data_dir>/failures."""
+    output = endpoint.output_path
+    if endpoint.settings.failure_path or not output.startswith("s3://"):
+        return endpoint.failure_path
+    bucket, _, key = output.removeprefix("s3://").rstrip("/").partition("/")
+    parent = key.rsplit("/", 1)[0] if "/" in key else ""
+    return f"s3://{bucket}/{parent}/failures" if parent else f"s3://{bucket}/failures"
 
 
 def subfolder(endpoint: LocalEndpoint, folder: str, extension: str) -> str:
