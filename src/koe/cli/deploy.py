@@ -171,11 +171,14 @@ def _show(plan: Plan, dry_run: bool) -> bool:
 
 def invoke_command(
     name: Name,
-    files: Annotated[list[Path], typer.Argument(help="Audio or video files.")],
+    files: Annotated[list[str], typer.Argument(help="Audio/video files, folders, or s3://bucket/prefix/.")],
     wait: Annotated[bool, typer.Option(help="Wait for the results and print (or save) them.")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text | json | verbose_json | srt | vtt | tsv")] = "text",
-    output_dir: Annotated[Path | None, typer.Option(help="Write FILE.<ext> here instead of printing.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results (--wait).")] = 1800,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Write FILE.<ext> here instead of printing (folders: default ./transcripts).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for all results (--wait).")] = None,
+    concurrency: Annotated[int, typer.Option(help="Uploads / invocations / checks at once (folders, S3).")] = 8,
     language: Annotated[str | None, typer.Option(help="Language code, or auto.")] = None,
     task: Annotated[str | None, typer.Option(help="transcribe | translate")] = None,
     word_timestamps: Annotated[bool | None, typer.Option(help="Word-level timestamps.")] = None,
@@ -188,7 +191,12 @@ def invoke_command(
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
 ) -> None:
-    """Send FILE... to the endpoint; with --wait, collect the transcripts; exit 1 on failure or timeout."""
+    """Send files to the endpoint; with --wait, collect the transcripts; exit 1 on failure or timeout.
+
+    A folder or an s3:// prefix is a bulk run: every audio/video file in it, N at a time, with a progress bar;
+    results saved one per input under --output-dir; files already transcribed there are skipped, so an
+    interrupted run resumes; with SNS topics on the endpoint, --wait follows them through a temporary SQS queue.
+    """
     from koe.deploy import invoke as invoke_lib
 
     with _reported():
@@ -197,15 +205,63 @@ def invoke_command(
                                         ("word_timestamps", word_timestamps)) if v is not None})  # fmt: skip
         options = parse_options(given).model_dump(exclude_unset=True)
         aws = _aws(region, profile, endpoint_url)
-        queued = invoke_lib.submit(aws, name, files, fmt=fmt, options=options, request_ttl_s=request_ttl,
-                                   invocation_timeout_s=invocation_timeout, console=err)  # fmt: skip
+        if any(f.startswith("s3://") or Path(f).is_dir() for f in files):
+            ok = _bulk(aws, name, files, wait=wait, fmt=fmt, options=options, output_dir=output_dir,
+                       timeout=timeout, concurrency=concurrency, request_ttl=request_ttl,
+                       invocation_timeout=invocation_timeout)  # fmt: skip
+            if not ok:
+                raise typer.Exit(1)
+            return
+        queued = invoke_lib.submit(aws, name, [Path(f) for f in files], fmt=fmt, options=options,
+                                   request_ttl_s=request_ttl, invocation_timeout_s=invocation_timeout,
+                                   console=err)  # fmt: skip
         if not wait:
             _queued_table(queued)
             return
-        done = invoke_lib.wait_for_results(aws, queued, timeout_s=timeout, console=err)
+        done = invoke_lib.wait_for_results(aws, queued, timeout_s=timeout or 1800, console=err)
         _emit(done, fmt, output_dir)
     if any(i.state != "completed" for i in done):
         raise typer.Exit(1)
+
+
+def _bulk(aws: Aws, name: str, targets: list[str], *, wait: bool, fmt: str, options: dict[str, Any],
+          output_dir: Path | None, timeout: float | None, concurrency: int, request_ttl: int | None,
+          invocation_timeout: int) -> bool:  # fmt: skip
+    """A bulk run over folders / S3 prefixes; prints the summary; whether everything succeeded."""
+    from koe.deploy.bulk import list_sources, run_bulk
+    from koe.deploy.invoke import endpoint_topics
+
+    sources, other = [], 0
+    for target in targets:
+        found, passed_over = list_sources(aws, target)
+        sources += found
+        other += passed_over
+    if not sources:
+        raise OptionsError(f"no audio or video files in {', '.join(targets)}")
+    topics = endpoint_topics(aws, name) if wait else []
+    folder = output_dir or Path("transcripts")
+    result = run_bulk(aws, name, sources, output_dir=folder, fmt=fmt, options=options, concurrency=concurrency,
+                      timeout_s=timeout or 6 * 3600, topics=topics, request_ttl_s=request_ttl,
+                      invocation_timeout_s=invocation_timeout, wait=wait, console=err)  # fmt: skip
+    summary = Table("result", "files", "detail", title=f"{name}: {len(sources)} inputs", title_justify="left")
+    follow = "SNS via a temporary SQS queue" if topics else "S3, with backoff"
+    summary.add_row("transcribed", str(len(result.completed)), f"saved under {folder}/ (followed {follow})")
+    summary.add_row("already done", str(len(result.skipped)), "result file exists: skipped")
+    if result.queued:
+        summary.add_row("queued", str(len(result.queued)), "run again with --wait to collect them")
+    summary.add_row("failed", str(len(result.failed)), "sent again by the next run")
+    summary.add_row("timed out", str(len(result.timed_out)), "still queued: the next run waits for them")
+    if other:
+        summary.add_row("not audio/video", str(other), "passed over (by extension)")
+    err.print(summary)
+    problems = Table("file", "result", "error", title="problems", title_justify="left")
+    for item in result.failed + result.timed_out:
+        problems.add_row(str(item.path), f"[red]{item.state}[/red]", item.error or "")
+    if problems.row_count:
+        err.print(problems)
+    for leftover in result.leftovers:
+        err.print(f"[yellow]warning:[/yellow] {leftover}", highlight=False)
+    return result.ok
 
 
 def _pairs(items: list[str]) -> list[str]:

@@ -402,6 +402,10 @@ class Aws:
         items = self._pages_s3(bucket, prefix)
         return [item["Key"] for item in items]
 
+    def list_objects(self, bucket: str, prefix: str) -> list[tuple[str, int]]:
+        """(key, size) of every object under `prefix`."""
+        return [(item["Key"], int(item.get("Size", 0))) for item in self._pages_s3(bucket, prefix)]
+
     def _pages_s3(self, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
         while True:
@@ -472,6 +476,41 @@ class Aws:
 
     def topic_exists(self, arn: str) -> bool:
         return self._maybe("sns", "get_topic_attributes", TopicArn=arn) is not None
+
+    def subscribe_queue(self, *, topic_arn: str, queue_arn: str) -> str:
+        """Subscribe an SQS queue to a topic; the subscription ARN."""
+        response = self._call("sns", "subscribe", TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        return str(response["SubscriptionArn"])
+
+    def unsubscribe(self, subscription_arn: str) -> bool:
+        return self._maybe("sns", "unsubscribe", SubscriptionArn=subscription_arn) is not None
+
+    # ---- SQS -----------------------------------------------------------------------------------------------
+
+    def create_queue(self, name: str, *, policy: str | None = None) -> tuple[str, str]:
+        """Create a queue (with an access policy); its (URL, ARN)."""
+        attributes = {"Policy": policy} if policy else {}
+        url = str(self._call("sqs", "create_queue", QueueName=name, Attributes=attributes)["QueueUrl"])
+        arn = self._call("sqs", "get_queue_attributes", QueueUrl=url, AttributeNames=["QueueArn"])
+        return url, str(arn["Attributes"]["QueueArn"])
+
+    def set_queue_policy(self, url: str, policy: str) -> None:
+        self._call("sqs", "set_queue_attributes", QueueUrl=url, Attributes={"Policy": policy})
+
+    def receive_messages(self, url: str, *, wait_s: int = 20, max_messages: int = 10) -> list[dict[str, Any]]:
+        """Long-poll the queue for up to `wait_s` seconds (0..20)."""
+        response = self._call(
+            "sqs", "receive_message", QueueUrl=url, MaxNumberOfMessages=max_messages, WaitTimeSeconds=wait_s
+        )
+        return [dict(m) for m in response.get("Messages", [])]
+
+    def delete_messages(self, url: str, receipts: Sequence[str]) -> None:
+        for start in range(0, len(receipts), 10):
+            entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts[start : start + 10])]
+            self._call("sqs", "delete_message_batch", QueueUrl=url, Entries=entries)
+
+    def delete_queue(self, url: str) -> bool:
+        return self._maybe("sqs", "delete_queue", QueueUrl=url) is not None
 
 
 def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:

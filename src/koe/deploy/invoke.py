@@ -56,20 +56,30 @@ def accept_for(fmt: str) -> str:
 
 def input_root(aws: Aws, endpoint: str) -> str:
     """`s3://bucket/prefix/input`, next to the endpoint's S3OutputPath (`s3://bucket/prefix/output`)."""
-    described = aws.describe_endpoint(endpoint)
-    if described is None:
-        raise DeployError(f"endpoint {endpoint} does not exist (koe deploy --name {endpoint} ...)")
-    # DescribeEndpoint returns AsyncInferenceConfig on AWS (moto omits it); the endpoint config has it
-    # everywhere.
-    async_config = described.get("AsyncInferenceConfig")
-    if async_config is None:
-        config = aws.describe_endpoint_config(str(described.get("EndpointConfigName")))
-        async_config = (config or {}).get("AsyncInferenceConfig")
-    output = ((async_config or {}).get("OutputConfig") or {}).get("S3OutputPath")
+    output = (endpoint_async_config(aws, endpoint).get("OutputConfig") or {}).get("S3OutputPath")
     if not output:
         raise DeployError(f"endpoint {endpoint} is not an asynchronous endpoint (no S3OutputPath)")
     bucket, prefix = split_s3_root(str(output))
     return f"s3://{bucket}/{prefix}/input" if prefix else f"s3://{bucket}/input"
+
+
+def endpoint_async_config(aws: Aws, endpoint: str) -> dict[str, Any]:
+    """The endpoint's AsyncInferenceConfig. DescribeEndpoint returns it on AWS (moto omits it); the endpoint
+    config has it everywhere."""
+    described = aws.describe_endpoint(endpoint)
+    if described is None:
+        raise DeployError(f"endpoint {endpoint} does not exist (koe deploy --name {endpoint} ...)")
+    async_config = described.get("AsyncInferenceConfig")
+    if async_config is None:
+        config = aws.describe_endpoint_config(str(described.get("EndpointConfigName")))
+        async_config = (config or {}).get("AsyncInferenceConfig")
+    return dict(async_config or {})
+
+
+def endpoint_topics(aws: Aws, endpoint: str) -> list[str]:
+    """The SNS topics the endpoint notifies (success, error), if any."""
+    notify = (endpoint_async_config(aws, endpoint).get("OutputConfig") or {}).get("NotificationConfig") or {}
+    return [str(notify[k]) for k in ("SuccessTopic", "ErrorTopic") if notify.get(k)]
 
 
 def content_type_for(path: Path) -> str:
@@ -154,7 +164,7 @@ def wait_for_results(
         for delay in backoff.delays():
             still = []
             for invocation in pending:
-                done = _check(aws, invocation)
+                done = check_invocation(aws, invocation)
                 if done.state == "queued":
                     still.append(invocation)
                 else:
@@ -174,7 +184,8 @@ def wait_for_results(
     return [results[i.inference_id] for i in invocations]
 
 
-def _check(aws: Aws, invocation: Invocation) -> Invocation:
+def check_invocation(aws: Aws, invocation: Invocation) -> Invocation:
+    """The invocation completed or failed if its output or failure object exists, else unchanged."""
     if aws.object_exists(invocation.output_location):
         body, content_type = aws.read_object(invocation.output_location)
         return replace(invocation, state="completed", body=body, content_type=content_type)
