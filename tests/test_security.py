@@ -712,3 +712,97 @@ def test_control_characters_in_locations_are_refused(open_app: FastAPI, api_url:
             if "%" not in name:  # an s3:// key is taken literally: `%0d` there is three characters
                 with pytest.raises(LocationError):
                     parse_location(f"s3://koe/{name}")
+
+
+def _wait_empty(folder: Path, timeout: float = 60) -> None:
+    wait_for(lambda: not folder.exists() or not any(folder.iterdir()), timeout, 0.05, f"{folder} to empty")
+
+
+def test_uploads_are_removed_when_their_job_ends_or_is_refused(engine: Engine, tmp_path: Path) -> None:
+    """An upload lives as long as its job: gone once the job completed (its effects done), gone at once when the
+    submission is refused; the transcript is still served from the queue."""
+    from starlette.testclient import TestClient
+
+    settings = Settings(data_dir=tmp_path / "data", jobs_enabled=True, poll_s=0.05, heartbeat_s=0.2,
+                        reap_interval_s=0.2)  # fmt: skip
+    inputs = settings.data_dir / "inputs"
+    app = create_app(settings, engine_factory=lambda _: engine)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+        job = client.post("/v1/jobs", files=files, data={"format": "text", "id": "kept-for-a-while"}).json()
+        wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "completed", 120, 0.1, "the job")
+        _wait_empty(inputs)
+        assert "weather" in client.get(f"/v1/jobs/{job['id']}/result").text.lower()
+        for data in ({"language": "xx"}, {"id": "x" * 65}, {"webhook_url": "http://10.0.0.1/"}):
+            files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+            assert client.post("/v1/jobs", files=files, data=data).status_code in (403, 422), data
+            assert not any(inputs.iterdir()), data
+        # The same finished job submitted again answers the stored job and keeps no second copy.
+        files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+        again = client.post("/v1/jobs", files=files, data={"format": "text", "id": "kept-for-a-while"})
+        assert again.status_code == 200 and again.json()["status"] == "completed"
+        assert not any(inputs.iterdir())
+
+
+def test_orphaned_uploads_are_swept_at_start_and_a_cancelled_jobs_upload_goes(tmp_path: Path) -> None:
+    """At start-up, uploads no queued or running job reads are removed (older than a few minutes: another process
+    may be about to queue one); cancelling a queued job removes its upload; KOE_KEEP_UPLOADS keeps everything."""
+    import time
+
+    from koe.jobs.endpoint import LocalEndpoint
+
+    def endpoint(**extra: Any) -> LocalEndpoint:
+        return LocalEndpoint(Settings(data_dir=tmp_path / "data", worker_concurrency=0, **extra))
+
+    first = endpoint()
+    spooled = tmp_path / "spooled.wav"
+    spooled.write_bytes(CLIP.read_bytes())
+    queued_at = first.ingest_upload(spooled, "queued-job")
+    first.submit(queued_at, job_id="queued-job")
+    first.stop()
+    inputs = tmp_path / "data" / "inputs"
+    old = time.time() - 3600
+    for name in ("orphan", "fresh"):
+        (inputs / name).write_bytes(b"left behind")
+    for path in inputs.iterdir():
+        if path.name != "fresh":
+            os.utime(path, (old, old))
+    kept = endpoint(keep_uploads=True)
+    kept.start()
+    kept.stop()
+    assert len(list(inputs.iterdir())) == 3
+    second = endpoint()
+    second.start()
+    try:
+        assert sorted(p.name for p in inputs.iterdir()) == sorted(["fresh", Path(parse_location(queued_at).key).name])
+        second.cancel("queued-job")
+        assert [p.name for p in inputs.iterdir()] == ["fresh"]
+    finally:
+        second.stop()
+
+
+def test_the_data_folder_and_the_job_database_are_private(tmp_path: Path) -> None:
+    """Every transcript is in the job database and the outputs folder: folders koe creates are 0700 and the
+    database (with its WAL) 0600, whatever the umask."""
+    import stat
+
+    from koe.jobs.endpoint import LocalEndpoint
+
+    previous = os.umask(0o022)
+    try:
+        data = tmp_path / "new" / "data"
+        endpoint = LocalEndpoint(Settings(data_dir=data, worker_concurrency=0))
+        try:
+            spooled = tmp_path / "spooled.wav"
+            spooled.write_bytes(b"RIFF")
+            endpoint.store.files.ingest_file(spooled, endpoint.inputs_dir)
+            endpoint.store.write(endpoint.output_path + "/j.out", b"a transcript")
+            endpoint.queue.stats()
+            modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [data.parent, *data.rglob("*"), data]}
+        finally:
+            endpoint.stop()
+    finally:
+        os.umask(previous)
+    assert any(p.name == "koe.db-wal" for p in modes), sorted(str(p) for p in modes)
+    for path, mode in modes.items():
+        assert mode == (0o700 if path.is_dir() else 0o600), (str(path), oct(mode))

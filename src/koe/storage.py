@@ -25,7 +25,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar, cast
@@ -58,6 +58,18 @@ TRANSIENT_CODES = frozenset(
 )  # fmt: skip
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404", "NoSuchBucket"})
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+PRIVATE_DIR = 0o700
+"""Folders koe creates (the data folder, inputs, outputs): transcripts are nobody else's business. Files are
+written through `tempfile.mkstemp`, which creates them 0600."""
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (and its parents) if missing; the folders created are 0700 whatever the umask."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    for created in missing:
+        with suppress(OSError):
+            os.chmod(created, PRIVATE_DIR)
 
 
 def os_error(exc: OSError, what: str) -> StorageError:
@@ -183,7 +195,7 @@ class FileStore:
         """Write `data` atomically: a temporary file in the same folder, renamed over the target."""
         path = self.resolve(location)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
             self.resolve(Location("file", "", str(path.parent)))  # mkdir did not follow a link out
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             try:
@@ -211,7 +223,7 @@ class FileStore:
         """
         target_dir = self.resolve(Location("file", "", str(folder)))
         try:
-            target_dir.mkdir(parents=True, exist_ok=True)
+            target_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
             fd, tmp = tempfile.mkstemp(prefix=".upload.", suffix=".tmp", dir=target_dir)
         except OSError as exc:
             raise os_error(exc, f"store the upload in {target_dir}") from exc
@@ -236,11 +248,11 @@ class FileStore:
             raise
         return path, sha, size
 
-    def ingest_file(self, path: Path, folder: Path) -> tuple[Path, str]:
-        """Move a local file (a spooled upload) into `folder` under its sha256: (new path, sha256)."""
+    def ingest_file(self, path: Path, folder: Path, suffix: str = "") -> tuple[Path, str]:
+        """Move a local file (a spooled upload) into `folder` under its sha256 (plus `suffix`): (new path, sha256)."""
         target_dir = self.resolve(Location("file", "", str(folder)))
         try:
-            target_dir.mkdir(parents=True, exist_ok=True)
+            target_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
         except OSError as exc:
             raise os_error(exc, f"store the upload in {target_dir}") from exc
         digest = hashlib.sha256()
@@ -248,7 +260,7 @@ class FileStore:
             while chunk := fh.read(CHUNK):
                 digest.update(chunk)
         sha = digest.hexdigest()
-        target = target_dir / sha
+        target = target_dir / (sha + suffix)
         try:
             os.replace(path, target)
         except OSError:  # another file system: copy beside the target, then rename into place
@@ -266,6 +278,8 @@ class FileStore:
                 if tmp:
                     Path(tmp).unlink(missing_ok=True)
                 raise
+        with suppress(OSError):
+            os.chmod(target, 0o600)  # a moved file keeps its mode; an upload is as private as a transcript
         return target, sha
 
 
@@ -464,7 +478,7 @@ class ObjectStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStore:
         """file:// confined to the data folder plus `storage_roots`; s3:// configured from settings."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(settings.data_dir)
         return cls(FileStore([settings.data_dir, *settings.storage_roots]), S3Store.from_settings(settings))
 
     def _route(self, url: str) -> tuple[Location, FileStore | S3Store]:

@@ -26,7 +26,6 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -43,8 +42,8 @@ from koe.config import Settings
 from koe.errors import InputError
 from koe.jobs.endpoint import LocalEndpoint
 from koe.jobs.model import Job
+from koe.jobs.queue import new_job_id
 from koe.metrics import Metrics
-from koe.storage import file_location
 
 if TYPE_CHECKING:
     from koe.engine import Engine
@@ -78,8 +77,15 @@ async def submit_job(request: Request) -> JSONResponse:
         spool = received_body(request, max_bytes=settings.max_input_bytes, spool_dir=settings.spool_dir)
         async with spool as body:
             fields = {**dict(request.query_params), **body.fields}
-            location = await run_in_threadpool(_ingest, endpoint, body.audio)
-            job, created = await run_in_threadpool(_submit, endpoint, fields, attributes, location)
+            fields["id"] = _text(fields.get("id")) or new_job_id()
+            location = await run_in_threadpool(endpoint.ingest_upload, body.audio, str(fields["id"]))
+            try:
+                job, created = await run_in_threadpool(_submit, endpoint, fields, attributes, location)
+            except BaseException:  # refused: its upload goes (unless the same job, queued earlier, reads it)
+                await run_in_threadpool(endpoint.release_upload, location)
+                raise
+            if job.status.finished:  # the same job again, finished earlier: the upload just stored is not needed
+                await run_in_threadpool(endpoint.release_upload, location)
     return JSONResponse(
         job.view(),
         status_code=202 if created else 200,
@@ -105,12 +111,6 @@ def _json_fields(data: bytes) -> dict[str, Any]:
     if not isinstance(body, dict) or "input_location" not in body:
         raise InputError('a JSON job needs "input_location" (a file:// or s3:// URL); to upload, use multipart')
     return body
-
-
-def _ingest(endpoint: LocalEndpoint, path: Path) -> str:
-    """Move the spooled upload into the data folder's inputs (content-addressed)."""
-    stored, _ = endpoint.store.files.ingest_file(path, endpoint.inputs_dir)
-    return file_location(stored)
 
 
 def _submit(

@@ -7,7 +7,11 @@ both share the same database, so any number of worker processes may serve one qu
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -21,10 +25,10 @@ from koe.jobs.engines import Engines
 from koe.jobs.model import Job, JobRequest, JobStatus, valid_job_id
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import JobQueue, new_job_id
-from koe.jobs.worker import WorkerConfig, WorkerPool
+from koe.jobs.worker import WorkerConfig, WorkerPool, remove_upload
 from koe.metrics import Metrics
 from koe.options import TranscribeOptions, describe_validation_error, parse_options
-from koe.storage import ObjectStore, file_location, object_name
+from koe.storage import ObjectStore, file_location, make_private_dir, object_name
 from koe.transcript import Transcript
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("koe.jobs")
 
 DB_NAME = "koe.db"
+ORPHAN_AGE_S = 600.0
 
 
 def database_path(settings: Settings) -> Path:
@@ -54,7 +59,7 @@ class LocalEndpoint:
         queue: JobQueue | None = None,
     ) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(settings.data_dir)
         self.queue = queue or JobQueue(database_path(settings))
         self.store = store or ObjectStore.from_settings(settings)
         self.notifier = notifier or Notifier.from_settings(settings)
@@ -83,6 +88,7 @@ class LocalEndpoint:
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.sweep_uploads()
         self.pool.start()
         self._started = True
 
@@ -99,6 +105,39 @@ class LocalEndpoint:
         """Store an uploaded file in the data folder (content-addressed); returns its file:// location."""
         path, _, _ = self.store.files.ingest(stream, self.inputs_dir, self.settings.max_input_bytes)
         return file_location(path)
+
+    def ingest_upload(self, path: Path, job_id: str) -> str:
+        """Move a spooled upload for job `job_id` into the data folder's inputs; returns its file:// location.
+
+        Named after its bytes and the job id: the same job submitted again names the same file (submission stays
+        idempotent), and no two jobs share one, so removing a job's upload never touches another's."""
+        suffix = "-" + hashlib.sha256(job_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        stored, _ = self.store.files.ingest_file(path, self.inputs_dir, suffix)
+        return file_location(stored)
+
+    def release_upload(self, location: str) -> bool:
+        """Remove an upload from the data folder's inputs unless uploads are kept or a queued or running job
+        still reads it. True when removed."""
+        return remove_upload(location, self.inputs_dir, self.queue, self.store, keep=self.settings.keep_uploads)
+
+    def sweep_uploads(self, min_age_s: float = ORPHAN_AGE_S) -> int:
+        """Remove uploads no queued or running job reads (left by a crash, or by a version that kept them all).
+        Files younger than `min_age_s` are left alone: another process may be between storing one and queueing
+        its job. Returns how many were removed."""
+        if self.settings.keep_uploads or not self.inputs_dir.is_dir():
+            return 0
+        used = self.queue.inputs_in_use()
+        cutoff = time.time() - min_age_s
+        removed = 0
+        for path in self.inputs_dir.iterdir():
+            with contextlib.suppress(OSError):
+                real = Path(os.path.realpath(path))  # locations are stored with real paths
+                if real.is_file() and real.stat().st_mtime < cutoff and file_location(real) not in used:
+                    path.unlink()
+                    removed += 1
+        if removed:
+            logger.info("removed %d upload(s) no job reads any more", removed)
+        return removed
 
     def submit(
         self,
@@ -171,7 +210,9 @@ class LocalEndpoint:
         return self.queue.list_jobs(wanted, limit, cursor)
 
     def cancel(self, job_id: str) -> Job:
-        return self.queue.cancel(job_id)
+        job = self.queue.cancel(job_id)
+        self.release_upload(job.input_location)
+        return job
 
     def result(self, job_id: str, fmt: str | None = None) -> tuple[str, str]:
         """A completed job's transcript in `fmt` (default: the job's format), and its content type.

@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from koe.errors import (
     StorageFullError,
 )
 from koe.jobs.model import Job, JobErrorInfo, JobRequest, JobStatus, valid_job_id
+from koe.storage import make_private_dir
 
 logger = logging.getLogger("koe.jobs.queue")
 
@@ -188,7 +189,8 @@ class JobQueue:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        _private_file(self.path)
         migrate(self._db())
 
     # -- connections ---------------------------------------------------------------------------------
@@ -264,6 +266,14 @@ class JobQueue:
         if row is None:
             raise JobNotFoundError(f"no job {job_id!r}")
         return _job(row)
+
+    def inputs_in_use(self, locations: list[str] | None = None) -> set[str]:
+        """The input locations of queued and running jobs (of those in `locations`, when given)."""
+        rows = self._db().execute(
+            "SELECT DISTINCT json_extract(request, '$.input_location') FROM jobs WHERE status IN ('queued', 'running')"
+        )
+        used = {str(row[0]) for row in rows}
+        return used if locations is None else used & set(locations)
 
     def transcript(self, job_id: str) -> str | None:
         """The stored transcript JSON of a completed job."""
@@ -509,6 +519,18 @@ def database_error(exc: sqlite3.OperationalError, path: Path) -> Exception:
     if "full" in message or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return StorageFullError(f"the disk holding the job database ({path.parent}) is full; free some space")
     return exc
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (its -wal and -shm files copy its mode), and take group
+    and other access away from one an older version created."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            with suppress(PermissionError):  # another user's file: leave it as its owner made it
+                os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def new_job_id() -> str:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,7 @@ from koe.jobs.model import Job, JobErrorInfo, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import Claim, JobQueue
 from koe.metrics import Metrics
-from koe.storage import ObjectStore
+from koe.storage import ObjectStore, parse_location
 
 if TYPE_CHECKING:
     from koe.transcript import Transcript
@@ -61,6 +62,8 @@ class WorkerConfig:
     grace_s: float = 25.0
     progress_interval_s: float = 0.5
     limits: AudioLimits = field(default_factory=AudioLimits)
+    uploads_dir: Path | None = None
+    """Where uploads are stored; a finished job's upload there is removed. None: keep them."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
@@ -72,6 +75,7 @@ class WorkerConfig:
             reap_interval_s=settings.reap_interval_s,
             grace_s=settings.shutdown_grace_s,
             limits=AudioLimits(settings.max_input_bytes, settings.max_duration_s),
+            uploads_dir=None if settings.keep_uploads else settings.data_dir / "inputs",
         )
 
     @property
@@ -377,7 +381,7 @@ class WorkerPool:
 
     def _do_effects(self, job: Job) -> None:
         try:
-            run_effects(job, self.store, self.notifier, self.queue, self.metrics)
+            run_effects(job, self.store, self.notifier, self.queue, self.metrics, uploads=self.config.uploads_dir)
         except KoeError as exc:
             logger.warning("job %s: effects failed (%s: %s); retrying in %gs",
                            job.id, exc.type, exc.message, self.config.reap_interval_s)  # fmt: skip
@@ -441,8 +445,11 @@ class WorkerPool:
             logger.exception("cannot record the model state")
 
 
-def run_effects(job: Job, store: ObjectStore, notifier: Notifier, queue: JobQueue, metrics: Metrics) -> None:
-    """A finished job's effects: its failure object (failed or expired), then its notifications.
+def run_effects(
+    job: Job, store: ObjectStore, notifier: Notifier, queue: JobQueue, metrics: Metrics, *, uploads: Path | None = None
+) -> None:
+    """A finished job's effects: its failure object (failed or expired), its notifications, then the removal of its
+    upload (when it was one, in `uploads`, and no other unfinished job reads it).
 
     A failed job has no output object: one left by an attempt that wrote it and then died (or lost its lease)
     before recording completion is removed first.
@@ -455,4 +462,17 @@ def run_effects(job: Job, store: ObjectStore, notifier: Notifier, queue: JobQueu
     failures = notifier.notify(job)
     if failures:
         metrics.notification_failures.inc(failures)
+    if uploads is not None:
+        remove_upload(job.input_location, uploads, queue, store)
     queue.effects_done(job.id)
+
+
+def remove_upload(location: str, uploads: Path, queue: JobQueue, store: ObjectStore, *, keep: bool = False) -> bool:
+    """Remove `location` if it is an upload in `uploads` that no queued or running job reads (and not `keep`)."""
+    if keep or not location.startswith("file://"):
+        return False
+    path = Path(os.path.realpath(parse_location(location).key))
+    if path.parent != Path(os.path.realpath(uploads)) or queue.inputs_in_use([location]):
+        return False
+    store.delete(location)
+    return True
