@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 
 from conftest import AUDIO_DIR
+from jobs_support import KOE as KOE_CLI
 from jobs_support import boto_client, koe_env, moto_server, start_server, wait_for
 from koe.api import create_app
 from koe.api.app import DEFAULT_ROUTERS
@@ -806,3 +807,34 @@ def test_the_data_folder_and_the_job_database_are_private(tmp_path: Path) -> Non
     assert any(p.name == "koe.db-wal" for p in modes), sorted(str(p) for p in modes)
     for path, mode in modes.items():
         assert mode == (0o700 if path.is_dir() else 0o600), (str(path), oct(mode))
+
+
+def test_listening_beyond_loopback_without_keys_needs_insecure(tmp_path: Path) -> None:
+    """`koe serve --host 0.0.0.0` with no API keys used to start silently, open to the whole network: it now refuses
+    to start and says why; `--insecure` starts it with a loud warning; with API keys it starts quietly."""
+    import subprocess
+
+    from jobs_support import free_port, start_koe
+
+    env = koe_env(tmp_path / "data")
+    port = free_port()
+    refused = subprocess.run([*KOE_CLI, "serve", "--host", "0.0.0.0", "--port", str(port)], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert refused.returncode != 0
+    assert "without API keys" in refused.stderr and "--insecure" in refused.stderr, refused.stderr[-500:]
+    for extra_env, args, warned in (({}, ["--insecure"], True), ({"KOE_API_KEYS": KEY}, [], False)):
+        port = free_port()
+        log = tmp_path / f"serve-{port}.log"
+        server = start_koe(["serve", "--host", "0.0.0.0", "--port", str(port), *args], {**env, **extra_env}, log)
+        try:
+            wait_for(partial(_pings, port), 60, 0.2, "koe serve on 0.0.0.0")
+        finally:
+            server.stop()
+        assert ("INSECURE" in server.text()) is warned, server.text()[-500:]
+
+
+def _pings(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -55,6 +55,22 @@ def run(app: FastAPI, settings: Settings, *, log_level: str = "info") -> bool:
     return not server.force_exit
 
 
+def check_exposure(settings: Settings) -> None:
+    """`koe serve` listening beyond loopback with no API keys would let anyone on the network read every
+    transcript: refuse (SystemExit) unless `settings.insecure`, and then warn on every start."""
+    from koe.api.sites import is_loopback
+
+    if settings.api_keys or is_loopback(settings.host.strip("[]").lower()):
+        return
+    problem = (
+        f"listening on {settings.host} without API keys: anyone who can reach this machine can submit jobs and "
+        "read every transcript"
+    )
+    if not settings.insecure:
+        raise SystemExit(f"koe serve: refusing to start: {problem}. Set KOE_API_KEYS, or pass --insecure.")
+    logger.warning("INSECURE: %s (--insecure)", problem)
+
+
 def configure_logging(level: str = "info") -> None:
     """Log koe's messages to stderr next to uvicorn's (CloudWatch picks up both in a container)."""
     logging.basicConfig(

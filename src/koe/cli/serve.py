@@ -27,21 +27,25 @@ def serve_command(
     data_dir: Annotated[Path | None, typer.Option(help="Queue and file:// store (~/.koe).")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Jobs the worker pool runs at once.")] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Listen beyond loopback without API keys (refused otherwise).")
+    ] = False,
 ) -> None:
     """Serve the local async endpoint (/v1/jobs, /metrics) plus GET /ping and POST /invocations.
     Ctrl-C (or SIGTERM) drains and stops; a second one releases running jobs back to the queue at once."""
     from koe.api import create_app
-    from koe.api.server import configure_logging, run
+    from koe.api.server import check_exposure, configure_logging, run
 
     overrides: dict[str, Any] = {
         "model": model, "host": host, "port": port, "device": device, "compute_type": compute_type,
         "max_input_bytes": max_input_bytes, "spool_dir": spool_dir,
-        "data_dir": data_dir, "worker_concurrency": concurrency,
+        "data_dir": data_dir, "worker_concurrency": concurrency, "insecure": insecure or None,
     }  # fmt: skip
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     if "jobs_enabled" not in settings.model_fields_set:  # koe serve is the local async endpoint
         settings = settings.model_copy(update={"jobs_enabled": True})
     configure_logging(log_level)
+    check_exposure(settings)
     app = create_app(settings)
     if not run(app, settings, log_level=log_level):
         sys.stdout.flush()
