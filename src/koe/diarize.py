@@ -43,6 +43,7 @@ MAX_SPEAKERS = 32
 WINDOW_STEP = 80  # frames (0.8 s) between window starts: half a window
 MIN_WINDOW = 50  # frames: speech regions shorter than 0.5 s get no window of their own
 BATCH = 64  # windows per LSTM pass
+MIN_RUN_S = 0.6  # a speaker run of words shorter than this inside a segment is taken as boundary noise
 DISTANCE_THRESHOLD = 0.42
 """Average-linkage cosine distance above which two clusters are different speakers. On 1.6 s windows of the
 test mixes (tests/test_diarize.py) windows of one reader were within 0.25-0.35 of each other's clusters and
@@ -231,22 +232,66 @@ def speaker_at(turns: Sequence[Turn], start: float, end: float) -> str | None:
 
 
 def assign_speakers(transcript: Transcript, turns: Sequence[Turn]) -> Transcript:
-    """The transcript with a speaker on every segment and word: a word's is the speaker who talks most while
-    it is said; a segment's is the one who says most of its words (or, without words, talks most during it)."""
-    segments = [_labelled(segment, turns) for segment in transcript.segments]
+    """The transcript with a speaker on every segment and word. A word's speaker is the one who talks most
+    while it is said; a segment whose words change speaker is split there (Whisper's segments follow
+    sentences and pauses, not turns), so each segment has one speaker. Without words a segment takes the
+    speaker who talks most during it."""
+    segments: list[Segment] = []
+    for segment in transcript.segments:
+        for piece in _split(segment, turns):
+            segments.append(piece.model_copy(update={"id": len(segments)}))
     return transcript.model_copy(update={"segments": segments})
 
 
-def _labelled(segment: Segment, turns: Sequence[Turn]) -> Segment:
+def _split(segment: Segment, turns: Sequence[Turn]) -> list[Segment]:
     if not segment.words:
-        return segment.model_copy(update={"speaker": speaker_at(turns, segment.start, segment.end)})
-    words: list[Word] = [w.model_copy(update={"speaker": speaker_at(turns, w.start, w.end)}) for w in segment.words]
-    said: dict[str, float] = {}
-    for w in words:
-        if w.speaker is not None:
-            said[w.speaker] = said.get(w.speaker, 0.0) + max(w.end - w.start, 0.01)
-    speaker = max(said, key=lambda s: said[s]) if said else speaker_at(turns, segment.start, segment.end)
-    return segment.model_copy(update={"speaker": speaker, "words": words})
+        return [segment.model_copy(update={"speaker": speaker_at(turns, segment.start, segment.end)})]
+    words = [w.model_copy(update={"speaker": speaker_at(turns, w.start, w.end)}) for w in segment.words]
+    runs = _steady(words)
+    if len(runs) == 1:
+        return [segment.model_copy(update={"speaker": runs[0][0].speaker, "words": runs[0]})]
+    pieces: list[Segment] = []
+    for run in runs:
+        pieces.append(
+            segment.model_copy(
+                update={
+                    "start": run[0].start if pieces else segment.start,
+                    "end": run[-1].end if len(pieces) < len(runs) - 1 else segment.end,
+                    "text": "".join(w.word for w in run),
+                    "tokens": [],  # the token ids cannot be cut at word boundaries
+                    "speaker": run[0].speaker,
+                    "words": run,
+                }
+            )
+        )
+    return pieces
+
+
+def _steady(words: list[Word]) -> list[list[Word]]:
+    """Runs of words by one speaker. The shortest run under MIN_RUN_S joins its longer neighbour, until none is
+    left (a word at a turn boundary often overlaps the other speaker's turn by a few frames)."""
+    runs = _joined([[w] for w in words])
+    while len(runs) > 1:
+        spans = [run[-1].end - run[0].start for run in runs]
+        k = min(range(len(runs)), key=lambda i: spans[i])
+        if spans[k] >= MIN_RUN_S:
+            break
+        later = k == 0 or (k + 1 < len(runs) and spans[k + 1] > spans[k - 1])
+        target = k + 1 if later else k - 1
+        speaker = runs[target][0].speaker
+        runs[k] = [w.model_copy(update={"speaker": speaker}) for w in runs[k]]
+        runs = _joined(runs)
+    return runs
+
+
+def _joined(runs: list[list[Word]]) -> list[list[Word]]:
+    out: list[list[Word]] = []
+    for run in runs:
+        if out and out[-1][0].speaker == run[0].speaker:
+            out[-1] = out[-1] + run
+        else:
+            out.append(run)
+    return out
 
 
 # Running beside the model --------------------------------------------------------------------------------

@@ -95,6 +95,9 @@ class TranscribeOptions(BaseModel):
             raise ValueError("give num_speakers, or min_speakers/max_speakers, not both")
         if not self.diarize and (self.num_speakers or self.min_speakers or self.max_speakers):
             object.__setattr__(self, "diarize", True)  # a speaker count only makes sense with speaker labels
+        if self.diarize and not self.word_timestamps:
+            # Each word gets a speaker, and segments are split where the speaker changes between words.
+            object.__setattr__(self, "word_timestamps", True)
         return self
 
     def merged(self, **changes: Any) -> TranscribeOptions:

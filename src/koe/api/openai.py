@@ -8,8 +8,10 @@
 - `model` names a koe model: the one this server runs (`KOE_MODEL`, e.g. `tiny.en`; `whisper-1` is an alias
   for it) or, on `koe serve`, any other model koe knows (`koe models`), loaded on demand and unloaded when
   idle. Any other name is a 404 `model_not_found`.
-- `response_format`: json (default) | text | srt | verbose_json | vtt. `timestamp_granularities[]` (word
-  and/or segment) needs verbose_json; `word` turns on word timestamps.
+- `response_format`: json (default) | text | srt | verbose_json | vtt | diarized_json. `timestamp_granularities[]`
+  (word and/or segment) needs verbose_json; `word` turns on word timestamps. `diarized_json` (OpenAI's shape
+  for speaker labels: segments with `speaker` A, B, ...) turns on koe's `diarize` option; with `diarize=true`
+  the other formats carry speakers too (verbose_json segments and words get a `speaker` field).
 - `temperature` t: 0 (default) means Whisper's fallback ladder 0, 0.2, ... 1.0; any other t starts it at t.
 - Other form fields are koe options (beam_size, vad, hotwords, ...; see options.py), so `extra_body` works.
 - `stream=true` answers `text/event-stream`: a `transcript.text.delta` event per segment as it finishes, then
@@ -55,7 +57,7 @@ from koe.errors import (
     UnknownModelError,
     http_status,
 )
-from koe.formats import CONTENT_TYPES, render, verbose_dict
+from koe.formats import CONTENT_TYPES, render, speakers, verbose_dict
 from koe.jobs.endpoint import LocalEndpoint
 from koe.models import list_models as koe_models
 from koe.options import DEFAULT_TEMPERATURES, TranscribeOptions, parse_options
@@ -66,7 +68,7 @@ logger = logging.getLogger("koe.api.openai")
 WHISPER_1 = "whisper-1"
 PATH_PREFIXES = ("/v1/audio/", "/v1/models")
 """The paths of this API (the rest of /v1/ is koe's own: jobs, the web page's helpers)."""
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
 GRANULARITIES = ("word", "segment")
 ASYNC_HINT = (
     "send larger files to the async route: POST /endpoints/<name>/async-invocations "
@@ -178,6 +180,12 @@ def parse_fields(fields: Mapping[str, str], task: Task) -> AudioRequest:
         rest.pop(name)
 
     mapped: dict[str, Any] = {"task": task}
+    if fmt == "diarized_json":
+        if task == "translate":
+            raise OptionsError("response_format: diarized_json is for transcriptions")
+        rest.setdefault("diarize", "true")  # the format asks for speaker labels
+    if stream and parse_bool("diarize", rest.get("diarize", "false")):
+        raise OptionsError("stream: speaker labels (diarize) need the whole audio; don't stream them")
     if "prompt" in rest:
         mapped["initial_prompt"] = rest.pop("prompt")
     if "temperature" in rest:
@@ -397,6 +405,8 @@ def render_transcript(transcript: Transcript, asked: AudioRequest) -> Response:
     usage = {"type": "duration", "seconds": round(transcript.duration, 3)}
     if asked.format == "json":
         return JSONResponse({"text": transcript.text, "usage": usage})
+    if asked.format == "diarized_json":
+        return JSONResponse(diarized_json(transcript, usage))
     if asked.format == "verbose_json":
         body = verbose_dict(transcript)
         if asked.granularities == {"word"}:
@@ -404,6 +414,40 @@ def render_transcript(transcript: Transcript, asked: AudioRequest) -> Response:
         body["usage"] = usage
         return JSONResponse(body)
     return Response(render(transcript, asked.format), media_type=CONTENT_TYPES[asked.format])
+
+
+def diarized_json(transcript: Transcript, usage: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's diarized transcription: segments with speakers labelled A, B, ... in order of appearance."""
+    letters = {name: speaker_letter(i) for i, name in enumerate(speakers(transcript))}
+    segments = [
+        {
+            "type": "transcript.text.segment",
+            "id": f"seg_{s.id}",
+            "start": s.start,
+            "end": s.end,
+            "text": s.text.strip(),
+            "speaker": letters.get(s.speaker or "", "A"),
+        }
+        for s in transcript.segments
+        if s.text.strip()
+    ]
+    return {
+        "task": "transcribe",
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
+        "segments": segments,
+        "usage": usage,
+    }
+
+
+def speaker_letter(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ..."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
 
 
 # Streaming ------------------------------------------------------------------------------------------------

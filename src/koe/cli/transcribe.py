@@ -41,7 +41,7 @@ def transcribe_command(
     model: Annotated[str | None, typer.Option(help="Model name, folder or model.tar.gz.")] = None,
     language: Annotated[str | None, typer.Option(help="Language code, or auto.")] = None,
     task: Annotated[str, typer.Option(help="transcribe | translate")] = "transcribe",
-    fmt: Annotated[str, typer.Option("--format", "-f", help="Comma list: text,json,verbose_json,srt,vtt,tsv")] = "text",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text,json,verbose_json,srt,vtt,tsv,rttm")] = "text",
     output_dir: Annotated[Path | None, typer.Option(help="Write FILE.<ext> here instead of printing.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     compute_type: Annotated[str | None, typer.Option(help="auto | int8 | float16 | ...")] = None,
@@ -51,6 +51,10 @@ def transcribe_command(
     word_timestamps: Annotated[bool, typer.Option(help="Word-level timestamps.")] = False,
     vad: Annotated[bool, typer.Option(help="Skip silence with Silero VAD.")] = True,
     initial_prompt: Annotated[str | None, typer.Option(help="Text to condition the first window on.")] = None,
+    diarize: Annotated[bool, typer.Option(help="Label speakers: who said what.")] = False,
+    num_speakers: Annotated[int | None, typer.Option(help="Exact number of speakers (implies --diarize).")] = None,
+    min_speakers: Annotated[int | None, typer.Option(help="Fewest speakers (implies --diarize).")] = None,
+    max_speakers: Annotated[int | None, typer.Option(help="Most speakers (implies --diarize).")] = None,
 ) -> None:
     """Transcribe FILE... and print (or write) the transcripts. Exit code 1 if any file failed."""
     overrides = {"model": model, "device": device, "compute_type": compute_type}
@@ -67,6 +71,10 @@ def transcribe_command(
                 "word_timestamps": word_timestamps,
                 "vad": vad,
                 "initial_prompt": initial_prompt,
+                "diarize": diarize,
+                "num_speakers": num_speakers,
+                "min_speakers": min_speakers,
+                "max_speakers": max_speakers,
             }
         )
         engine = Engine.from_settings(settings)
@@ -120,7 +128,7 @@ def _updater(bar: Progress, task: TaskID) -> Callable[[float, float], None]:
 
 def _emit(transcript: Transcript, path: Path, formats: Sequence[str], output_dir: Path | None) -> None:
     for fmt in formats:
-        body = render(transcript, fmt)
+        body = render(transcript, fmt, name=path.stem)
         if output_dir is None:
             typer.echo(body, nl=not body.endswith("\n"))
         else:
