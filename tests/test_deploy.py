@@ -123,9 +123,10 @@ def test_dry_run_plans_everything_and_changes_nothing(
 ) -> None:
     plan = plan_deploy(aws, make_spec(seeded))
     assert [(s.resource, s.action) for s in plan.steps] == [
-        ("s3 bucket", "no-op"), ("model data", "no-op"), ("model", "create"), ("endpoint config", "create"),
-        ("endpoint", "create"), ("scalable target", "create"), ("scaling policy", "create"),
-        ("scaling policy", "create"), ("alarm", "create"),
+        ("s3 bucket", "no-op"), ("lifecycle rule", "no-op"), ("model data", "no-op"), ("model", "create"),
+        ("endpoint config", "create"), ("endpoint", "create"), ("scalable target", "create"),
+        ("scaling policy", "create"), ("scaling policy", "create"), ("alarm", "create"),
+        ("alarm", "create"), ("alarm", "create"), ("alarm", "create"),
     ]  # fmt: skip
     assert mutating(calls) == [], "planning only reads"
     table = Console(file=io.StringIO(), width=250)
@@ -236,8 +237,8 @@ def _verify_resources(raw: Raw, spec: DeploySpec, topics: dict[str, str]) -> Non
         "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
     }  # fmt: skip
 
-    [alarm] = state["alarms"].values()
-    assert alarm["AlarmName"] == names.wake_alarm
+    assert set(state["alarms"]) == {names.wake_alarm, names.failures_alarm, names.expired_alarm, names.oldest_alarm}
+    alarm = state["alarms"][names.wake_alarm]
     assert alarm["AlarmActions"] == [wake["PolicyARN"]]
     expected = {
         "Namespace": "AWS/SageMaker", "MetricName": "HasBacklogWithoutCapacity",
@@ -346,7 +347,7 @@ def test_new_arguments_update_the_endpoint_and_sweep_the_old_config(aws: Aws, ra
     assert config["AsyncInferenceConfig"]["ClientConfig"] == {"MaxConcurrentInvocationsPerInstance": 2}
     assert state["targets"][0]["MaxCapacity"] == 3
     wake = state["policies"][ScalingNames(NAME, "AllTraffic").wake_policy]
-    assert next(iter(state["alarms"].values()))["AlarmActions"] == [wake["PolicyARN"]]
+    assert state["alarms"][ScalingNames(NAME, "AllTraffic").wake_alarm]["AlarmActions"] == [wake["PolicyARN"]]
 
     # A new image is a new model too; the old model goes with the old config.
     third = make_spec(seeded, max_concurrent_invocations=2, max_instances=3, image_uri=IMAGE.replace("latest", "v2"))
@@ -373,12 +374,14 @@ def test_failure_midway_is_completed_by_deploying_again(
         run(plan_deploy(aws, spec), aws)
     state = deployed(raw)
     assert state["endpoints"] == [NAME] and len(state["targets"]) == 1
-    assert set(state["policies"]) == {names.tracking_policy} and state["alarms"] == {}
+    assert set(state["policies"]) == {names.tracking_policy} and names.wake_alarm not in state["alarms"]
 
     monkeypatch.setattr(Aws, "put_scaling_policy", real_put)
     plan = plan_deploy(aws, spec)
     assert [(s.resource, s.name, s.action) for s in plan.changes] == [
         ("scaling policy", names.wake_policy, "create"), ("alarm", names.wake_alarm, "create"),
+        ("alarm", names.failures_alarm, "create"), ("alarm", names.expired_alarm, "create"),
+        ("alarm", names.oldest_alarm, "create"),
     ]  # fmt: skip
     run(plan, aws)
     assert plan_deploy(aws, spec).changes == ()
@@ -406,7 +409,7 @@ def test_failed_update_keeps_the_old_config_until_a_rerun_finishes(
     # The endpoint still runs the first config, which is still there, and it still scales (changed in place).
     assert sorted(state["configs"]) == sorted([first.config_name, second.config_name])
     assert raw("sagemaker").describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == first.config_name
-    assert len(state["targets"]) == 1 and len(state["policies"]) == 2 and len(state["alarms"]) == 1
+    assert len(state["targets"]) == 1 and len(state["policies"]) == 2 and len(state["alarms"]) == 4
 
     monkeypatch.undo()
     run(plan_deploy(aws, second), aws)
@@ -486,7 +489,7 @@ def test_failed_instance_type_change_restores_autoscaling(
         for key in ("PolicyType", "TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration"):
             assert state["policies"][name].get(key) == policy.get(key), (name, key)
     wake = state["policies"][ScalingNames(NAME, "AllTraffic").wake_policy]
-    assert next(iter(state["alarms"].values()))["AlarmActions"] == [wake["PolicyARN"]]
+    assert state["alarms"][ScalingNames(NAME, "AllTraffic").wake_alarm]["AlarmActions"] == [wake["PolicyARN"]]
     assert raw("sagemaker").describe_endpoint(EndpointName=NAME)["EndpointConfigName"] == first.config_name
 
     monkeypatch.undo()

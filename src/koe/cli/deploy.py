@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -49,6 +50,8 @@ def register(app: typer.Typer) -> None:
     app.command("invoke")(invoke_command)
     app.command("status")(status_command)
     app.command("destroy")(destroy_command)
+    app.command("wake")(wake_command)
+    app.command("logs")(logs_command)
     app.command("iam-policy")(iam_policy_command)
 
 
@@ -107,10 +110,31 @@ def deploy_command(
     ] = DEFAULT_INSTANCE_TYPE,
     max_instances: Annotated[int, typer.Option(help="Autoscaling ceiling.")] = 1,
     min_instances: Annotated[int, typer.Option(help="Autoscaling floor: 0 scales to zero; 1+ stays warm.")] = 0,
-    max_concurrent: Annotated[int, typer.Option(help="Async requests per instance at once.")] = 4,
+    max_concurrent: Annotated[
+        int | None, typer.Option(help="Async requests per instance at once (default: from --throughput, else 4).")
+    ] = None,
     success_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each result.")] = None,
     error_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each failure.")] = None,
-    target_backlog: Annotated[float, typer.Option(help="Target queued requests per instance.")] = 5.0,
+    target_backlog: Annotated[
+        float | None, typer.Option(help="Target queued requests per instance (default: from --throughput, else 5).")
+    ] = None,
+    max_wait: Annotated[str, typer.Option(help="Latency goal: how long a request may wait (90s, 10m, 1h).")] = "10m",
+    typical_audio: Annotated[str, typer.Option(help="Length of a typical input file (for sizing).")] = "10m",
+    price: Annotated[
+        float | None, typer.Option(help="Instance price, USD per hour (default: koe's dated table).")
+    ] = None,
+    cold_start: Annotated[str | None, typer.Option(help="Your measured cold start (default: assumed 10m).")] = None,
+    warm_hours: Annotated[
+        str | None, typer.Option(help="Keep instances warm in these hours, e.g. 'Mon-Fri 09:00-18:00'.")
+    ] = None,
+    timezone: Annotated[str, typer.Option(help="IANA time zone of --warm-hours (e.g. Asia/Tokyo).")] = "UTC",
+    warm_instances: Annotated[int, typer.Option(help="Instances kept during --warm-hours.")] = 1,
+    alarm_topic: Annotated[
+        str | None, typer.Option(help="SNS topic ARN told when requests fail, expire or wait too long.")
+    ] = None,
+    expire_inputs_after: Annotated[
+        int | None, typer.Option(help="Delete uploaded inputs (PREFIX/input/) after N days (S3 lifecycle rule).")
+    ] = None,
     ami_version: Annotated[str, typer.Option(help="InferenceAmiVersion (host GPU driver).")] = DEFAULT_AMI_VERSION,
     startup_timeout: Annotated[int, typer.Option(help="Seconds for the container to load and pass /ping.")] = 900,
     batch_size: Annotated[int | None, typer.Option(help="KOE_BATCH_SIZE in the container.")] = None,
@@ -130,20 +154,44 @@ def deploy_command(
 ) -> None:
     """Create or update a scale-to-zero SageMaker async endpoint. Shows the plan, then applies it."""
     from koe.deploy.plan import execute, plan_deploy
+    from koe.deploy.sizing import cost_notes, derive, parse_duration
 
     settings = Settings.model_validate({})
     with _reported():
+        wait_s = parse_duration(max_wait)
+        notes: list[str] = []
+        if throughput is not None:
+            sized = derive(speed=throughput, max_wait_s=wait_s, typical_audio_s=parse_duration(typical_audio),
+                           batch_size=batch_size or settings.batch_size)  # fmt: skip
+            notes.append(
+                f"sizing: {sized.reason} -> MaxConcurrentInvocationsPerInstance {sized.max_concurrent}"
+                f"{' (given: ' + str(max_concurrent) + ')' if max_concurrent is not None else ''}, target backlog "
+                f"{sized.target_backlog:g} per instance"
+                f"{' (given: ' + format(target_backlog, 'g') + ')' if target_backlog is not None else ''}"
+            )
+            max_concurrent = sized.max_concurrent if max_concurrent is None else max_concurrent
+            target_backlog = sized.target_backlog if target_backlog is None else target_backlog
         spec = DeploySpec(
             name=name, image_uri=image, model=model, role_arn=role, bucket=bucket, prefix=prefix or "",
             instance_type=instance_type, max_instances=max_instances, min_instances=min_instances,
-            max_concurrent_invocations=max_concurrent, invocation_timeout_s=invocation_timeout,
-            throughput=throughput, kms_key=kms_key,
-            success_topic=success_topic, error_topic=error_topic, target_backlog_per_instance=target_backlog,
+            max_concurrent_invocations=4 if max_concurrent is None else max_concurrent,
+            invocation_timeout_s=invocation_timeout, throughput=throughput, kms_key=kms_key,
+            success_topic=success_topic, error_topic=error_topic,
+            target_backlog_per_instance=5.0 if target_backlog is None else target_backlog,
             ami_version=ami_version, startup_timeout_s=startup_timeout, batch_size=batch_size,
+            warm_hours=warm_hours, timezone=timezone, warm_instances=warm_instances, alarm_topic=alarm_topic,
+            oldest_request_alarm_s=int(min(21600, max(60, wait_s))), expire_inputs_days=expire_inputs_after,
             environment=parse_environment(env or []),
+        )  # fmt: skip
+        warm = spec.warm
+        notes += cost_notes(
+            instance_type=instance_type, speed=throughput, price_override=price,
+            cold_start_s=parse_duration(cold_start) if cold_start else None, min_instances=min_instances,
+            warm_hours_per_week=(warm.hours_per_week * warm_instances) if warm else 0.0,
         )  # fmt: skip
         aws = _aws(region, profile, endpoint_url)
         plan = plan_deploy(aws, spec, wait_timeout_s=wait_timeout)
+        plan = replace(plan, notes=(*plan.notes, *notes))
         if _show(plan, dry_run):
             execute(plan, aws, console=err, cache_dir=settings.cache_dir)
             bounds = f"{min_instances}..{max_instances}"
@@ -373,3 +421,57 @@ def iam_policy_command(
         arn, created = ensure_role(aws, role_name=role_name or role_name_for(name), policy=policy, endpoint=name)
         err.print(f"{'created' if created else 'updated'} role {arn}")
     typer.echo(arn)
+
+
+def wake_command(
+    name: Name,
+    instances: Annotated[int, typer.Option(help="Instances to start.")] = 1,
+    hold: Annotated[
+        str, typer.Option("--for", help="Keep them at least this long (then scale-to-zero resumes).")
+    ] = "1h",
+    wait: Annotated[bool, typer.Option(help="Wait until they run.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait (--wait).")] = 1800,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """Start instances now, before a batch, so that its first request does not wait for a cold start."""
+    from koe.deploy.operate import wait_for_instances, wake
+    from koe.deploy.sizing import parse_duration
+
+    with _reported():
+        check_name(name)
+        aws = _aws(region, profile, endpoint_url)
+        woken = wake(aws, name, instances=instances, hold_s=parse_duration(hold))
+        action = "starting" if woken.started else "already running:"
+        err.print(f"{name}: {action} {instances} instance(s), kept until {woken.until:%Y-%m-%d %H:%M} UTC "
+                  f"(then the floor goes back to {woken.floor_was})")  # fmt: skip
+        if wait:
+            wait_for_instances(aws, name, instances, timeout_s=timeout)
+            err.print(f"[green]{name}: {instances} instance(s) InService[/green]")
+
+
+def logs_command(
+    name: Name,
+    since: Annotated[str, typer.Option(help="How far back (90s, 10m, 1h, 2d as 48h).")] = "1h",
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")] = False,
+    region: Region = None,
+    profile: Profile = None,
+    endpoint_url: EndpointUrl = None,
+) -> None:
+    """The endpoint's CloudWatch Logs (/aws/sagemaker/Endpoints/NAME): container start, model load, errors."""
+    from koe.deploy.operate import LOG_GROUP, log_lines
+    from koe.deploy.sizing import parse_duration
+
+    with _reported():
+        check_name(name)
+        aws = _aws(region, profile, endpoint_url)
+        count = 0
+        try:
+            for line in log_lines(aws, name, since_s=parse_duration(since), follow=follow):
+                typer.echo(line)
+                count += 1
+        except KeyboardInterrupt:
+            return
+        if not count:
+            err.print(f"no events in {LOG_GROUP.format(name)} in the last {since}")

@@ -14,6 +14,7 @@ async-inference-autoscale.html); this module only builds the shapes, `plan.py` c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,30 @@ class ScalingNames:
     def wake_alarm(self) -> str:
         return f"koe-{self.endpoint}-has-backlog-without-capacity"
 
+    @property
+    def warm_start(self) -> str:
+        return f"koe-{self.endpoint}-warm-start"
+
+    @property
+    def warm_end(self) -> str:
+        return f"koe-{self.endpoint}-warm-end"
+
+    @property
+    def wake_until(self) -> str:
+        return f"koe-{self.endpoint}-wake-until"
+
+    @property
+    def failures_alarm(self) -> str:
+        return f"koe-{self.endpoint}-invocation-failures"
+
+    @property
+    def expired_alarm(self) -> str:
+        return f"koe-{self.endpoint}-expired-requests"
+
+    @property
+    def oldest_alarm(self) -> str:
+        return f"koe-{self.endpoint}-oldest-request-age"
+
 
 def tracking_configuration(endpoint: str, target_backlog_per_instance: float) -> dict[str, Any]:
     return {
@@ -108,3 +133,113 @@ def wake_alarm(names: ScalingNames, policy_arn: Any) -> dict[str, Any]:
         "TreatMissingData": "missing",
         "AlarmActions": [policy_arn],
     }
+
+
+# ---- scheduled warm hours ------------------------------------------------------------------------------------
+
+_DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+
+
+@dataclass(frozen=True)
+class WarmHours:
+    """Hours in which the endpoint keeps a warm floor, e.g. "Mon-Fri 09:00-18:00" in a time zone.
+
+    Two Application Auto Scaling scheduled actions (cron, in `timezone`) set MinCapacity to the warm floor at
+    the start and back to the normal floor at the end; target tracking still scales above the floor."""
+
+    days: str  # cron day-of-week field: MON-FRI, MON,WED, *
+    start: tuple[int, int]
+    end: tuple[int, int]
+    timezone: str = "UTC"
+
+    @classmethod
+    def parse(cls, text: str, timezone: str = "UTC") -> WarmHours:
+        from koe.errors import OptionsError
+
+        match = re.fullmatch(r"\s*(?:([A-Za-z,\-]+|daily)\s+)?(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+        if not match:
+            raise OptionsError(f"warm hours: {text!r} is not like 'Mon-Fri 09:00-18:00'")
+        days_text, h1, m1, h2, m2 = match.groups()
+        start, end = (int(h1), int(m1)), (int(h2), int(m2))
+        if not (start < end <= (23, 59) and start[1] < 60 and end[1] < 60):
+            raise OptionsError(f"warm hours: {text!r}: the hours must be HH:MM-HH:MM within one day, start first")
+        days = "*" if not days_text or days_text.lower() == "daily" else _cron_days(days_text)
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(timezone)
+        except (KeyError, ValueError, OSError):
+            raise OptionsError(f"timezone: {timezone!r} is not an IANA time zone such as Asia/Tokyo") from None
+        return cls(days, start, end, timezone)
+
+    def cron(self, at: tuple[int, int]) -> str:
+        return f"cron({at[1]} {at[0]} ? * {self.days} *)"
+
+    @property
+    def hours_per_week(self) -> float:
+        per_day = (self.end[0] * 60 + self.end[1] - self.start[0] * 60 - self.start[1]) / 60
+        return per_day * _count_days(self.days)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.days} {self.start[0]:02d}:{self.start[1]:02d}-{self.end[0]:02d}:{self.end[1]:02d} {self.timezone}"
+        )
+
+
+def _cron_days(text: str) -> str:
+    from koe.errors import OptionsError
+
+    parts = []
+    for part in text.upper().split(","):
+        ends = part.split("-")
+        if len(ends) > 2 or any(d[:3] not in _DAYS or len(d) < 3 for d in ends):
+            raise OptionsError(f"warm hours: {text!r}: days are Mon..Sun, as Mon-Fri or Mon,Wed,Fri")
+        parts.append("-".join(d[:3] for d in ends))
+    return ",".join(parts)
+
+
+def _count_days(days: str) -> int:
+    if days == "*":
+        return 7
+    count = 0
+    for part in days.split(","):
+        ends = part.split("-")
+        first, last = _DAYS.index(ends[0]), _DAYS.index(ends[-1])
+        count += (last - first) % 7 + 1
+    return count
+
+
+def warm_actions(
+    names: ScalingNames, warm: WarmHours, *, warm_floor: int, floor: int, ceiling: int
+) -> list[dict[str, Any]]:
+    """put_scheduled_action's parameters (koe's `Aws` names) for the start and the end of the warm hours."""
+    common = {"resource_id": names.resource_id, "timezone": warm.timezone, "max_capacity": ceiling}
+    return [
+        {"name": names.warm_start, "schedule": warm.cron(warm.start), "min_capacity": warm_floor, **common},
+        {"name": names.warm_end, "schedule": warm.cron(warm.end), "min_capacity": floor, **common},
+    ]
+
+
+# ---- alarms for people ---------------------------------------------------------------------------------------
+
+
+def health_alarms(names: ScalingNames, *, topic: str | None, oldest_s: int) -> list[dict[str, Any]]:
+    """PutMetricAlarm's parameters for failed invocations, expired requests and the age of the oldest request;
+    they notify `topic` (when given) on ALARM and on OK."""
+    actions = {"AlarmActions": [topic], "OKActions": [topic]} if topic else {"AlarmActions": [], "OKActions": []}
+    variant = [{"Name": "EndpointName", "Value": names.endpoint}, {"Name": "VariantName", "Value": names.variant}]
+    endpoint = [{"Name": "EndpointName", "Value": names.endpoint}]
+    base = {"Namespace": SAGEMAKER_NAMESPACE, "Period": 300, "EvaluationPeriods": 1, "DatapointsToAlarm": 1,
+            "TreatMissingData": "notBreaching", **actions}  # fmt: skip
+    return [
+        {**base, "AlarmName": names.failures_alarm, "MetricName": "InvocationFailures", "Dimensions": variant,
+         "Statistic": "Sum", "Threshold": 0.0, "ComparisonOperator": "GreaterThanThreshold",
+         "AlarmDescription": f"koe: requests to {names.endpoint} failed (see koe logs)"},
+        {**base, "AlarmName": names.expired_alarm, "MetricName": "ExpiredRequests", "Dimensions": variant,
+         "Statistic": "Sum", "Threshold": 0.0, "ComparisonOperator": "GreaterThanThreshold",
+         "AlarmDescription": f"koe: requests to {names.endpoint} expired in the queue (RequestTTLSeconds)"},
+        {**base, "AlarmName": names.oldest_alarm, "MetricName": "ApproximateAgeOfOldestRequest",
+         "Dimensions": endpoint, "Statistic": "Maximum", "Threshold": float(oldest_s),
+         "ComparisonOperator": "GreaterThanThreshold",
+         "AlarmDescription": f"koe: a request to {names.endpoint} has waited over {oldest_s} s"},
+    ]  # fmt: skip

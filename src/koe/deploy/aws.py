@@ -326,6 +326,58 @@ class Aws:
         )  # fmt: skip
         return found is not None
 
+    def describe_scheduled_actions(self, resource_id: str) -> list[dict[str, Any]]:
+        return list(
+            self._pages(
+                "application-autoscaling", "describe_scheduled_actions", "ScheduledActions",
+                ServiceNamespace="sagemaker", ResourceId=resource_id, ScalableDimension=VARIANT_DIMENSION,
+            )
+        )  # fmt: skip
+
+    def put_scheduled_action(
+        self, *, name: str, resource_id: str, schedule: str, timezone: str, min_capacity: int, max_capacity: int
+    ) -> None:
+        """Create or replace a scheduled action that sets the target's capacity bounds."""
+        self._call(
+            "application-autoscaling", "put_scheduled_action", ServiceNamespace="sagemaker",
+            ScheduledActionName=name, ResourceId=resource_id, ScalableDimension=VARIANT_DIMENSION,
+            Schedule=schedule, Timezone=timezone,
+            ScalableTargetAction={"MinCapacity": min_capacity, "MaxCapacity": max_capacity},
+        )  # fmt: skip
+
+    def delete_scheduled_action(self, *, name: str, resource_id: str) -> bool:
+        found = self._maybe(
+            "application-autoscaling", "delete_scheduled_action", ServiceNamespace="sagemaker",
+            ScheduledActionName=name, ResourceId=resource_id, ScalableDimension=VARIANT_DIMENSION,
+        )  # fmt: skip
+        return found is not None
+
+    def set_desired_instances(self, *, endpoint: str, variant: str, count: int) -> None:
+        """UpdateEndpointWeightsAndCapacities: start (or stop) instances now."""
+        self._call(
+            "sagemaker", "update_endpoint_weights_and_capacities", EndpointName=endpoint,
+            DesiredWeightsAndCapacities=[{"VariantName": variant, "DesiredInstanceCount": count}],
+        )  # fmt: skip
+
+    # ---- CloudWatch Logs -----------------------------------------------------------------------------------
+
+    def log_events(
+        self, group: str, *, start_ms: int, end_ms: int | None = None, limit: int = 10000
+    ) -> list[dict[str, Any]]:
+        """Events of a log group from `start_ms` (epoch milliseconds), oldest first; [] for a missing group."""
+        params: dict[str, Any] = {"logGroupName": group, "startTime": start_ms, "interleaved": True}
+        if end_ms is not None:
+            params["endTime"] = end_ms
+        events: list[dict[str, Any]] = []
+        try:
+            for event in self._pages("logs", "filter_log_events", "events", **params):
+                events.append(dict(event))
+                if len(events) >= limit:
+                    break
+        except AwsNotFoundError:
+            return []
+        return sorted(events, key=lambda e: (e.get("timestamp", 0), e.get("eventId", "")))
+
     # ---- CloudWatch ----------------------------------------------------------------------------------------
 
     def describe_alarm(self, name: str) -> dict[str, Any] | None:
@@ -397,6 +449,24 @@ class Aws:
             return body.read(), str(response.get("ContentType") or "application/octet-stream")
         finally:
             body.close()
+
+    def lifecycle_rules(self, bucket: str) -> list[dict[str, Any]]:
+        try:
+            return [dict(r) for r in self._call("s3", "get_bucket_lifecycle_configuration", Bucket=bucket)["Rules"]]
+        except AwsNotFoundError:
+            return []
+        except AwsError as exc:  # NoSuchLifecycleConfiguration: the bucket has no rules
+            if "NoSuchLifecycleConfiguration" in exc.message:
+                return []
+            raise
+
+    def put_lifecycle_rules(self, bucket: str, rules: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the bucket's lifecycle rules (all of them: pass the ones to keep); none deletes the config."""
+        if rules:
+            config = {"Rules": [dict(r) for r in rules]}
+            self._call("s3", "put_bucket_lifecycle_configuration", Bucket=bucket, LifecycleConfiguration=config)
+        else:
+            self._call("s3", "delete_bucket_lifecycle", Bucket=bucket)
 
     def list_keys(self, bucket: str, prefix: str) -> list[str]:
         items = self._pages_s3(bucket, prefix)

@@ -26,9 +26,11 @@ from koe.deploy.autoscaling import (
     STEP,
     TRACKING,
     ScalingNames,
+    health_alarms,
     tracking_configuration,
     wake_alarm,
     wake_configuration,
+    warm_actions,
 )
 from koe.deploy.aws import Aws
 from koe.deploy.spec import (
@@ -132,6 +134,7 @@ def plan_deploy(aws: Aws, spec: DeploySpec, *, wait_timeout_s: float = 1800) -> 
     """Compare `spec` with what exists (read-only calls) and list the steps that make them equal."""
     steps: list[Step] = []
     steps.append(_bucket_step(aws, spec))
+    steps.append(_lifecycle_step(aws, spec))
     _check_topics(aws, spec)
     steps.append(_model_data_step(aws, spec))
     steps.append(_model_step(aws, spec))
@@ -165,7 +168,7 @@ def _bucket_step(aws: Aws, spec: DeploySpec) -> Step:
 
 
 def _check_topics(aws: Aws, spec: DeploySpec) -> None:
-    for topic in (spec.success_topic, spec.error_topic):
+    for topic in (spec.success_topic, spec.error_topic, spec.alarm_topic):
         if topic and not aws.topic_exists(topic):
             raise DeployError(f"SNS topic {topic} does not exist (create it, or leave the option out)")
 
@@ -275,7 +278,82 @@ def _scaling_steps(aws: Aws, spec: DeploySpec, *, retype: bool) -> tuple[Step | 
     steps.append(wake)
     policy_arn: Any = Var("wake") if wake.action != "no-op" else policies[names.wake_policy]["PolicyARN"]
     steps.append(_alarm_step(aws, names, policy_arn))
+    steps.extend(_schedule_steps(aws, spec, names, registered=target is not None))
+    steps.extend(_health_alarm_steps(aws, spec, names))
     return teardown, steps
+
+
+def _schedule_steps(aws: Aws, spec: DeploySpec, names: ScalingNames, *, registered: bool) -> list[Step]:
+    """The warm-hours scheduled actions: created, updated in place, or deleted when --warm-hours is dropped."""
+    rid = names.resource_id
+    current = {a["ScheduledActionName"]: a for a in aws.describe_scheduled_actions(rid)} if registered else {}
+    warm = spec.warm
+    desired = (
+        warm_actions(names, warm, warm_floor=max(spec.warm_instances, spec.min_instances), floor=spec.min_instances,
+                     ceiling=spec.max_instances) if warm else []
+    )  # fmt: skip
+    steps = []
+    for action in desired:
+        found = current.pop(action["name"], None)
+        detail = f"{action['schedule']} {action['timezone']}: at least {action['min_capacity']} instance(s)"
+        put = (Call("put_scheduled_action", action),)
+        if found is None:
+            steps.append(Step("scheduled action", action["name"], "create", detail, put))
+        elif (found.get("Schedule"), found.get("Timezone") or "UTC", found.get("ScalableTargetAction")) != (
+            action["schedule"], action["timezone"],
+            {"MinCapacity": action["min_capacity"], "MaxCapacity": action["max_capacity"]},
+        ):  # fmt: skip
+            steps.append(Step("scheduled action", action["name"], "update", detail, put))
+        else:
+            steps.append(Step("scheduled action", action["name"], "no-op", detail))
+    for name in (names.warm_start, names.warm_end):
+        if name in current:
+            call = Call("delete_scheduled_action", {"name": name, "resource_id": rid})
+            steps.append(Step("scheduled action", name, "delete", "no --warm-hours", (call,)))
+    return steps
+
+
+def _health_alarm_steps(aws: Aws, spec: DeploySpec, names: ScalingNames) -> list[Step]:
+    steps = []
+    for alarm in health_alarms(names, topic=spec.alarm_topic, oldest_s=spec.oldest_request_alarm_s):
+        detail = f"{alarm['MetricName']} > {alarm['Threshold']:g}" + (
+            f" -> {spec.alarm_topic.rsplit(':', 1)[-1]}" if spec.alarm_topic else " (no --alarm-topic)"
+        )
+        put = (Call("put_metric_alarm", {"alarm": alarm}),)
+        current = aws.describe_alarm(alarm["AlarmName"])
+        if current is None:
+            steps.append(Step("alarm", alarm["AlarmName"], "create", detail, put))
+        elif not mapping_matches(alarm, current):
+            steps.append(Step("alarm", alarm["AlarmName"], "update", detail, put))
+        else:
+            steps.append(Step("alarm", alarm["AlarmName"], "no-op", detail))
+    return steps
+
+
+def lifecycle_rule_id(name: str) -> str:
+    return f"koe-{name}-expire-inputs"
+
+
+def _lifecycle_step(aws: Aws, spec: DeploySpec) -> Step:
+    """An S3 lifecycle rule expiring `<prefix>/input/` after N days; the bucket's other rules are kept."""
+    rule_id = lifecycle_rule_id(spec.name)
+    rules = aws.lifecycle_rules(spec.bucket) if aws.bucket_exists(spec.bucket) else []
+    others = [r for r in rules if r.get("ID") != rule_id]
+    ours = next((r for r in rules if r.get("ID") == rule_id), None)
+    if spec.expire_inputs_days is None:
+        if ours is None:
+            return Step("lifecycle rule", rule_id, "no-op", "inputs kept (no --expire-inputs-after)")
+        call = Call("put_lifecycle_rules", {"bucket": spec.bucket, "rules": others})
+        return Step("lifecycle rule", rule_id, "delete", "no --expire-inputs-after", (call,))
+    desired = {"ID": rule_id, "Filter": {"Prefix": f"{spec.prefix}/input/"}, "Status": "Enabled",
+               "Expiration": {"Days": spec.expire_inputs_days}}  # fmt: skip
+    detail = f"delete s3://{spec.bucket}/{spec.prefix}/input/* after {spec.expire_inputs_days} days"
+    call = Call("put_lifecycle_rules", {"bucket": spec.bucket, "rules": [*others, desired]})
+    if ours is None:
+        return Step("lifecycle rule", rule_id, "create", detail, (call,))
+    if not mapping_matches(desired, ours):
+        return Step("lifecycle rule", rule_id, "update", detail, (call,))
+    return Step("lifecycle rule", rule_id, "no-op", detail)
 
 
 def _restore(
@@ -393,6 +471,7 @@ def plan_destroy(
     steps += [Step("model", m, "delete", "", (Call("delete_model", {"name": m}),)) for m in models] or [
         Step("model", f"{name}-*", "no-op", "absent")
     ]
+    steps.extend(_lifecycle_teardown(aws, name, bucket or _bucket_of(aws, endpoint)))
     if data_root is not None:
         data_bucket, data_prefix = data_root
         keys = aws.list_keys(data_bucket, data_prefix + "/") if aws.bucket_exists(data_bucket) else []
@@ -408,10 +487,16 @@ def plan_destroy(
 def _scaling_teardown(aws: Aws, names: ScalingNames) -> list[Step]:
     rid = names.resource_id
     steps = []
-    if aws.describe_alarm(names.wake_alarm) is not None:
-        steps.append(Step("alarm", names.wake_alarm, "delete", "", (Call("delete_alarm", {"name": names.wake_alarm}),)))
-    else:
-        steps.append(Step("alarm", names.wake_alarm, "no-op", "absent"))
+    for alarm in (names.wake_alarm, names.failures_alarm, names.expired_alarm, names.oldest_alarm):
+        if aws.describe_alarm(alarm) is not None:
+            steps.append(Step("alarm", alarm, "delete", "", (Call("delete_alarm", {"name": alarm}),)))
+        elif alarm == names.wake_alarm:
+            steps.append(Step("alarm", alarm, "no-op", "absent"))
+    scheduled = {a["ScheduledActionName"] for a in aws.describe_scheduled_actions(rid)}
+    for action in (names.warm_start, names.warm_end, names.wake_until):
+        if action in scheduled:  # deregistering deletes them on AWS; explicitly, so that no emulator keeps them
+            call = Call("delete_scheduled_action", {"name": action, "resource_id": rid})
+            steps.append(Step("scheduled action", action, "delete", "", (call,)))
     present = {p["PolicyName"] for p in aws.describe_scaling_policies(rid)}
     for policy in (names.wake_policy, names.tracking_policy):
         if policy in present:
@@ -425,6 +510,24 @@ def _scaling_teardown(aws: Aws, names: ScalingNames) -> list[Step]:
     else:
         steps.append(Step("scalable target", rid, "no-op", "absent"))
     return steps
+
+
+def _bucket_of(aws: Aws, endpoint: Mapping[str, Any] | None) -> str | None:
+    config_name = (endpoint or {}).get("EndpointConfigName")
+    config = aws.describe_endpoint_config(config_name) if config_name else None
+    output = ((config or {}).get("AsyncInferenceConfig") or {}).get("OutputConfig", {}).get("S3OutputPath")
+    return split_s3_root(output)[0] if output else None
+
+
+def _lifecycle_teardown(aws: Aws, name: str, bucket: str | None) -> list[Step]:
+    if bucket is None or not aws.bucket_exists(bucket):
+        return []
+    rules = aws.lifecycle_rules(bucket)
+    others = [r for r in rules if r.get("ID") != lifecycle_rule_id(name)]
+    if len(others) == len(rules):
+        return []
+    call = Call("put_lifecycle_rules", {"bucket": bucket, "rules": others})
+    return [Step("lifecycle rule", lifecycle_rule_id(name), "delete", f"in {bucket}", (call,))]
 
 
 def _data_root(

@@ -14,10 +14,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from koe import __version__
 from koe.errors import OptionsError
+
+if TYPE_CHECKING:
+    from koe.deploy.autoscaling import WarmHours
 
 MAX_NAME = 52  # SageMaker names are at most 63 characters; "-" and a 10-digit hash follow ours.
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
@@ -77,6 +80,11 @@ class DeploySpec:
             container's audio limit (KOE_MAX_DURATION_S) is derived from it and the throughput.
         throughput: measured speed of one instance, audio seconds per second (e.g. 40 = 40x real time).
         kms_key: a KMS key (id or ARN) for the async outputs and the instance's storage volume.
+        warm_hours, timezone, warm_instances: scheduled warm hours ("Mon-Fri 09:00-18:00" in an IANA time zone)
+            during which at least `warm_instances` run.
+        alarm_topic: SNS topic ARN told when requests fail, expire, or wait longer than
+            `oldest_request_alarm_s` (the alarms exist either way; `koe status` shows them).
+        expire_inputs_days: an S3 lifecycle rule deleting uploaded inputs (`<prefix>/input/`) after N days.
         startup_timeout_s: ContainerStartupHealthCheckTimeoutInSeconds: from container start to a 200 on
             /ping, which includes loading the model onto the GPU.
         download_timeout_s: ModelDataDownloadTimeoutInSeconds: fetching and unpacking model.tar.gz.
@@ -103,6 +111,12 @@ class DeploySpec:
     invocation_timeout_s: int = MAX_INVOCATION_TIMEOUT_S
     throughput: float | None = None
     kms_key: str | None = None
+    warm_hours: str | None = None
+    timezone: str = "UTC"
+    warm_instances: int = 1
+    alarm_topic: str | None = None
+    oldest_request_alarm_s: int = 600  # --max-wait's default, 10 min
+    expire_inputs_days: int | None = None
     variant: str = DEFAULT_VARIANT
     environment: tuple[tuple[str, str], ...] = field(default=())
 
@@ -125,7 +139,14 @@ class DeploySpec:
         _check(60 <= self.startup_timeout_s <= 3600, "startup_timeout_s", "must be 60..3600 seconds")
         _check(60 <= self.download_timeout_s <= 3600, "download_timeout_s", "must be 60..3600 seconds")
         _check(self.batch_size is None or 1 <= self.batch_size <= 256, "batch_size", "must be 1..256")
-        for label, topic in (("success_topic", self.success_topic), ("error_topic", self.error_topic)):
+        _check(self.max_instances >= self.warm_instances >= 1, "warm_instances", "must be 1..max_instances")
+        _check(60 <= self.oldest_request_alarm_s <= 21600, "oldest_request_alarm_s", "must be 60..21600 seconds")
+        _check(self.expire_inputs_days is None or self.expire_inputs_days >= 1, "expire_inputs_days", "must be >= 1")
+        if self.warm_hours is not None:
+            self.warm  # noqa: B018 (parses and validates)
+        topics = (("success_topic", self.success_topic), ("error_topic", self.error_topic),
+                  ("alarm_topic", self.alarm_topic))  # fmt: skip
+        for label, topic in topics:
             _check(topic is None or bool(TOPIC_RE.match(topic)), label, f"{topic!r} is not an SNS topic ARN")
 
     # ---- locations -----------------------------------------------------------------------------------------
@@ -162,6 +183,12 @@ class DeploySpec:
         return f"{self.root}/model/{slug}-{model_source_digest(self.model)}/model.tar.gz"
 
     # ---- SageMaker shapes ----------------------------------------------------------------------------------
+
+    @property
+    def warm(self) -> WarmHours | None:
+        from koe.deploy.autoscaling import WarmHours  # not at import: the CLI imports spec without boto3
+
+        return WarmHours.parse(self.warm_hours, self.timezone) if self.warm_hours else None
 
     @property
     def gpu(self) -> bool:
