@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pyannote.core import Annotation, Segment
+from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 from koe import diarize
@@ -69,7 +69,7 @@ def main() -> None:
     for t in turns:
         hyp[Segment(t.start, t.end)] = t.speaker
     ref = reference(path)
-    der = DiarizationErrorRate()(ref, hyp)
+    der = DiarizationErrorRate()(ref, hyp, uem=Timeline([Segment(0, audio.duration)]))
     print(
         f"{path.name}: {audio.duration:.0f} s, {len(ref.labels())} readers, found {len(hyp.labels())}; "
         f"DER {der:.1%}; diarization CPU {diarize_cpu:.1f} s (wall {diarize_wall:.1f} s); tiny.en transcription "
