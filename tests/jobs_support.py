@@ -122,11 +122,12 @@ def webhook_receiver(fail_first: int = 0) -> Iterator[Receiver]:
 
 
 def koe_env(data_dir: Path, **settings: Any) -> dict[str, str]:
-    """The environment for a `koe` subprocess: KOE_* settings on top of ours, CPU, quick timers."""
+    """The environment for a `koe` subprocess: KOE_* settings on top of ours, CPU, quick timers, and the fast
+    tiny.en model (these tests are about the endpoint, not the default model, which is base)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KOE_")}
     base = {
-        "data_dir": data_dir, "device": "cpu", "cpu_threads": 1, "poll_s": 0.2, "heartbeat_s": 0.5,
-        "reap_interval_s": 0.5, "model_idle_s": 60,
+        "data_dir": data_dir, "model": "tiny.en", "device": "cpu", "cpu_threads": 1, "poll_s": 0.2,
+        "heartbeat_s": 0.5, "reap_interval_s": 0.5, "model_idle_s": 60,
     }  # fmt: skip
     for name, value in {**base, **settings}.items():
         env[f"KOE_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)

@@ -13,8 +13,11 @@ import srt
 KOE = [sys.executable, "-m", "koe"]
 
 
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KOE_DEVICE": "cpu", "COLUMNS": "200"}
+def _run(*args: str, cwd: Path | None = None, model: str | None = "tiny.en") -> subprocess.CompletedProcess[str]:
+    """`koe ARGS` on the fast tiny.en model; `model=None` runs it with the defaults, as a new user would."""
+    env = {k: v for k, v in os.environ.items() if k != "KOE_MODEL"} | {"KOE_DEVICE": "cpu", "COLUMNS": "200"}
+    if model:
+        env["KOE_MODEL"] = model
     return subprocess.run([*KOE, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 

@@ -23,7 +23,7 @@ from koe.storage import file_location, parse_location
 
 SONNET = AUDIO_DIR / "en" / "librivox_shakespeare_sonnet_1.mp3"
 SHORT = AUDIO_DIR / "en" / "ljspeech_LJ001-0002.flac"  # 1.9 s: "in being comparatively modern."
-FAST = {"poll_s": 0.05, "heartbeat_s": 0.2, "reap_interval_s": 0.2, "lease_s": 5.0}
+FAST = {"model": "tiny.en", "poll_s": 0.05, "heartbeat_s": 0.2, "reap_interval_s": 0.2, "lease_s": 5.0}
 
 
 class CountingLoader:

@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KOE_", extra="ignore")
 
     # Model and device
-    model: str = Field("tiny.en", description="Model name, CTranslate2 folder or model.tar.gz to serve.")
+    # base, not tiny.en: koe's users speak Japanese as much as English, and English-only models turn other
+    # languages into made-up English ("Thank you for watching"); base detects the language (issue 17).
+    model: str = Field(
+        "base", description="Model name, CTranslate2 folder or model.tar.gz to serve (base: multilingual, bundled)."
+    )
     device: Device = Field("auto", description="auto: CUDA when CTranslate2 sees a GPU, else CPU.")
     compute_type: str = Field("auto", description="auto: float16 on CUDA, int8 on CPU.")
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 intra-op threads on CPU (0: its default).")
