@@ -246,3 +246,17 @@ def test_kms_key_encrypts_outputs_and_the_volume_where_aws_allows() -> None:
     assert spec(kms_key=key, instance_type="ml.c5d.xlarge").volume_kms_key is None
     assert spec(kms_key=key, instance_type="ml.c5.xlarge").volume_kms_key == key
     assert spec(kms_key=key).config_name != spec().config_name
+
+
+def test_model_choices_are_packaged_from_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import koe.models
+    from koe.deploy.spec import MODEL_CHOICES
+
+    fetched: list[str] = []
+    monkeypatch.setattr(koe.models, "_download", lambda name, cache: fetched.append(name) or tmp_path)
+    for name in MODEL_CHOICES:
+        chosen = spec(model=name)
+        assert chosen.packaged and chosen.model_data_url is not None
+        assert chosen.model_data_url.startswith("s3://my-bucket/koe/speech/model/")
+        koe.models.resolve(name, tmp_path)  # what `koe package` / the deploy's packaging step calls
+    assert fetched == list(MODEL_CHOICES)  # each goes to a hub download (at package time), none is refused

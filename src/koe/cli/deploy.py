@@ -100,7 +100,11 @@ def deploy_command(
     name: Name,
     image: Annotated[str, typer.Option(help="Image URI (from `koe image --push`).")],
     model: Annotated[
-        str, typer.Option(help="s3://.../model.tar.gz; a model name/folder to package; or 'image' (baked in).")
+        str,
+        typer.Option(
+            help="A model to package (large-v3-turbo, distil-large-v3, kotoba-tech/kotoba-whisper-v2.0-faster for "
+            "Japanese, tiny.en, base, a folder); s3://.../model.tar.gz; or 'image' (baked in)."
+        ),
     ],
     role: Annotated[str, typer.Option(help="SageMaker execution role ARN (`koe iam-policy --create-role`).")],
     bucket: Annotated[str, typer.Option(help="S3 bucket for model data, inputs, outputs and failures.")],

@@ -20,7 +20,13 @@ def register(app: typer.Typer) -> None:
 
 
 def package_command(
-    model: Annotated[str, typer.Option(help="Model name (tiny.en, base, large-v3, ...), folder or archive.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="Model name (tiny.en, base, large-v3-turbo, distil-large-v3, "
+            "kotoba-tech/kotoba-whisper-v2.0-faster, ...), folder or archive."
+        ),
+    ],
     output: Annotated[Path, typer.Option(help="Where to write the archive.")] = Path("model.tar.gz"),
     source: Annotated[bool, typer.Option(help="Bundle koe's source under code/koe/.")] = True,
 ) -> None:

@@ -51,6 +51,13 @@ AMI_VERSIONS = (
     "al2-ami-sagemaker-inference-gpu-3-1",  # 550 / 12.4, compat mounting disabled
     "al2023-ami-sagemaker-inference-gpu-4-1",  # 580 / 13.0, compat mounting disabled
 )
+# Models that fit the recipe's users (faster-whisper/CTranslate2 conversions on the Hugging Face Hub, downloaded
+# where `koe deploy` / `koe package` runs, once, at package time). Sizes and cited speeds: docs/deploy.md.
+MODEL_CHOICES = {
+    "large-v3-turbo": "mobiuslabsgmbh/faster-whisper-large-v3-turbo",  # multilingual, 4 decoder layers
+    "distil-large-v3": "Systran/faster-distil-whisper-large-v3",  # English
+    "kotoba-tech/kotoba-whisper-v2.0-faster": "kotoba-tech/kotoba-whisper-v2.0-faster",  # Japanese
+}
 MODEL_DIR = "/opt/ml/model"
 BAKED = "image"  # --model image: the model baked into the image (docker build --build-arg BAKE_MODEL=...)
 TAG_KEY = "koe:endpoint"
