@@ -15,11 +15,13 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -283,6 +285,17 @@ def test_four_readers_and_speaker_counts() -> None:
     assert len({t.speaker for t in diarize.diarize(m.samples, min_speakers=5)}) == 5
 
 
+def test_long_audio_is_clustered_in_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CLUSTERED windows an even sample is clustered and every window joins its nearest cluster;
+    regions are cut to MAX_REGION_S. Forced here on a short mix: the answer stays as good."""
+    monkeypatch.setattr(diarize, "MAX_CLUSTERED", 20)
+    monkeypatch.setattr(diarize, "MAX_REGION_S", 3)
+    m = three_readers()
+    turns = diarize.diarize(m.samples)
+    assert len({t.speaker for t in turns}) == 3
+    assert der(m.reference(), turns) < DER_LIMIT
+
+
 def test_silence_and_one_speaker() -> None:
     assert diarize.diarize(np.zeros(5 * SR, np.float32)) == []
     one = diarize.diarize(clip(LV[0]))
@@ -411,12 +424,59 @@ def test_cli_prints_voice_tagged_cues(meeting: Mix, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    settings = Settings(model="tiny.en", data_dir=tmp_path_factory.mktemp("diarize"), jobs_enabled=False)
+def server(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`koe serve`'s app (jobs on) with the session's tiny.en engine, on loopback."""
+    data = tmp_path_factory.mktemp("diarize")
+    settings = Settings(model="tiny.en", data_dir=data, jobs_enabled=True, model_idle_s=0)  # type: ignore[arg-type]
     app = create_app(settings, engine_factory=lambda _settings: engine)
     with server_in_thread(app) as url:
         wait_ready(url)
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=300)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0, timeout=300)
+
+
+def test_invocations_with_custom_attributes(server: str, meeting: Mix) -> None:
+    """SageMaker's door: options in X-Amzn-SageMaker-Custom-Attributes, the format from Accept."""
+    response = httpx.post(
+        f"{server}/invocations",
+        content=wav_bytes(meeting.samples),
+        headers={
+            "Content-Type": "audio/wav",
+            "Accept": "text/vtt",
+            "X-Amzn-SageMaker-Custom-Attributes": "diarize=true;num_speakers=2",
+        },
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    captions = webvtt.from_buffer(io.StringIO(response.text)).captions
+    assert {c.voice for c in captions} == {"Speaker 1", "Speaker 2"}
+
+
+def test_jobs_door_stores_speakers_and_serves_rttm(server: str, meeting: Mix) -> None:
+    """The local endpoint's door: a queued job with diarize=true; its stored transcript keeps the speakers, so
+    any format can be asked for afterwards, RTTM included."""
+    files = {"file": ("meeting.wav", wav_bytes(meeting.samples), "audio/wav")}
+    created = httpx.post(f"{server}/v1/jobs", files=files, data={"diarize": "true", "format": "tsv"}, timeout=60)
+    assert created.status_code == 202, created.text
+    job = created.json()["id"]
+    deadline = time.monotonic() + 300
+    while (status := httpx.get(f"{server}/v1/jobs/{job}", timeout=10).json()["status"]) not in ("completed", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status == "completed"
+    tsv = httpx.get(f"{server}/v1/jobs/{job}/result", params={"format": "tsv"}, timeout=10).text
+    assert tsv.splitlines()[0] == "start\tend\tspeaker\ttext"
+    rttm = httpx.get(f"{server}/v1/jobs/{job}/result", params={"format": "rttm"}, timeout=10)
+    assert rttm.status_code == 200 and rttm.headers["content-type"].startswith("text/x-rttm")
+    hyp = Annotation()
+    for line in rttm.text.splitlines():
+        fields = line.split(" ")
+        hyp[Span(float(fields[3]), float(fields[3]) + float(fields[4]))] = fields[7]
+    assert DiarizationErrorRate()(meeting.reference(), hyp) < 0.15
 
 
 def test_openai_diarized_json(client: openai.OpenAI, meeting: Mix) -> None:

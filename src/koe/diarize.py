@@ -43,6 +43,8 @@ MAX_SPEAKERS = 32
 WINDOW_STEP = 80  # frames (0.8 s) between window starts: half a window
 MIN_WINDOW = 50  # frames: speech regions shorter than 0.5 s get no window of their own
 BATCH = 64  # windows per LSTM pass
+MAX_REGION_S = 30
+MAX_CLUSTERED = 3000  # windows clustered pairwise (40 minutes of speech); the rest join the nearest cluster
 MIN_RUN_S = 0.6  # a speaker run of words shorter than this inside a segment is taken as boundary noise
 DISTANCE_THRESHOLD = 0.42
 """Average-linkage cosine distance above which two clusters are different speakers. On 1.6 s windows of the
@@ -89,8 +91,15 @@ def diarize(
 
 
 def speech_regions(samples: Array) -> list[tuple[int, int]]:
-    """(start, end) sample offsets of speech, cut at pauses of 0.3 s (turn changes are often that short)."""
-    return [(r["start"], r["end"]) for r in get_speech_timestamps(samples, _VAD)]
+    """(start, end) sample offsets of speech, cut at pauses of 0.3 s (turn changes are often that short), and
+    into pieces of at most MAX_REGION_S (so the spectrogram of one region stays small)."""
+    regions = []
+    for r in get_speech_timestamps(samples, _VAD):
+        start, end = int(r["start"]), int(r["end"])
+        pieces = max(1, -(-(end - start) // (MAX_REGION_S * SAMPLE_RATE)))
+        bounds = np.linspace(start, end, pieces + 1).astype(int)
+        regions += [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    return regions
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,16 @@ def cluster(
     n = len(embeddings)
     if n <= 1 or num_speakers == 1:
         return [0] * n
+    if n > MAX_CLUSTERED:  # pairwise distances grow as n^2: cluster an even sample, then place every window
+        sample = np.linspace(0, n - 1, MAX_CLUSTERED).astype(int)
+        labels = cluster(
+            embeddings[sample], num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers
+        )
+        centroids = np.stack([embeddings[sample][np.array(labels) == k].mean(axis=0) for k in range(max(labels) + 1)])
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        nearest = (embeddings @ centroids.T).argmax(axis=1)
+        order: dict[int, int] = {}
+        return [order.setdefault(int(k), len(order)) for k in nearest]
     tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
     if num_speakers is not None:
         count = num_speakers
@@ -174,8 +193,8 @@ def cluster(
         count = len(set(fcluster(tree, t=DISTANCE_THRESHOLD, criterion="distance")))
         count = max(min_speakers or 1, min(count, max_speakers or MAX_SPEAKERS))
     raw = fcluster(tree, t=min(count, n), criterion="maxclust")
-    order: dict[int, int] = {}
-    return [order.setdefault(int(label), len(order)) for label in raw]
+    first: dict[int, int] = {}
+    return [first.setdefault(int(label), len(first)) for label in raw]
 
 
 def _turns(regions: list[tuple[int, int]], windows: list[_Window], labels: list[int]) -> list[Turn]:

@@ -194,6 +194,11 @@ class Engine:
             duration=audio.duration,
             task=options.task,
         )
+        # issue 17 hook: drop Whisper's stock-phrase hallucinations, and warn when an English-only model heard
+        # another language (koe.hallucination)
+        from koe.hallucination import review
+
+        transcript = review(transcript, model=self.name, multilingual=self.multilingual)
         return speakers.label(transcript) if speakers else transcript  # issue 16 hook
 
     def stream(self, audio: Audio, options: TranscribeOptions | None = None) -> Iterator[Segment]:
@@ -208,8 +213,10 @@ class Engine:
             return
         try:
             segments, _info = self._sequential(audio, options)
-            for index, segment in enumerate(segments):
-                yield _segment(index, segment)
+            # issue 17 hook: drop Whisper's stock-phrase hallucinations as they stream (koe.hallucination)
+            from koe.hallucination import spoken
+
+            yield from spoken(_segment(index, segment) for index, segment in enumerate(segments))
         except (RuntimeError, ValueError) as exc:
             raise EngineError(f"transcription failed: {exc}") from exc
 

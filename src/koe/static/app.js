@@ -5,10 +5,11 @@
 (() => {
   const KEY_STORE = "koe.apiKey";
   const NAMES_STORE = "koe.jobNames"; // job id -> the file's name, so a reload still shows names
+  const SPEAKERS_STORE = "koe.speakerNames"; // job id -> {label: name the user gave}
   const MAX_NAMES = 500;
   const POLL_MS = 750;
   const FINISHED = new Set(["completed", "failed", "expired", "cancelled", "rejected"]);
-  const EXTENSIONS = { text: "txt", json: "json", verbose_json: "json", srt: "srt", vtt: "vtt", tsv: "tsv" };
+  const EXTENSIONS = { text: "txt", json: "json", verbose_json: "json", srt: "srt", vtt: "vtt", tsv: "tsv", rttm: "rttm" };
   // Whisper's language codes (koe.options.LANGUAGES; tests/test_web.py checks the two agree).
   const LANGUAGES = (
     "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt " +
@@ -147,6 +148,48 @@
     } catch (_) {
       // storage full or disabled: names are a convenience only
     }
+  }
+
+  // ---------------------------------------------------------------- speaker names
+
+  function speakerNames(jobId) {
+    try {
+      return (JSON.parse(localStorage.getItem(SPEAKERS_STORE) || "{}") || {})[jobId] || {};
+    } catch (_) {
+      return {};
+    }
+  }
+
+  function renameSpeaker(jobId, label, name) {
+    let all = {};
+    try {
+      all = JSON.parse(localStorage.getItem(SPEAKERS_STORE) || "{}") || {};
+    } catch (_) {
+      all = {};
+    }
+    all[jobId] = { ...(all[jobId] || {}), [label]: name };
+    try {
+      localStorage.setItem(SPEAKERS_STORE, JSON.stringify(all));
+    } catch (_) {
+      // storage full or disabled: the names still show until the page is reloaded
+    }
+    for (const span of document.querySelectorAll("#segments .speaker")) {
+      if (span.dataset.speaker === label) span.textContent = name || label;
+    }
+  }
+
+  function showSpeakers(job, labels) {
+    const names = speakerNames(job.id);
+    $("speakers").hidden = !labels.length;
+    $("speaker-names").replaceChildren(
+      ...labels.map((label, i) => {
+        const id = `speaker-name-${i}`;
+        const input = el("input", { id, type: "text", value: names[label] || label, "data-speaker": label });
+        input.addEventListener("input", () => renameSpeaker(job.id, label, input.value.trim()));
+        return el("p", { class: "field" }, el("label", { for: id }, label), input);
+      }),
+    );
+    return names;
   }
 
   // ---------------------------------------------------------------- formatting
@@ -304,6 +347,7 @@
       language: $("language").value,
       task: $("task").value,
       format: $("format").value,
+      diarize: $("diarize").checked,
     };
     const button = $("submit");
     button.disabled = true;
@@ -324,6 +368,7 @@
     if (options.language) form.append("language", options.language);
     if (options.task !== "transcribe") form.append("task", options.task);
     form.append("format", options.format);
+    if (options.diarize) form.append("diarize", "true");
     const local = `local-${Math.random().toString(36).slice(2)}`;
     const pending = addJob({ id: local, status: "uploading" }, file);
     try {
@@ -459,6 +504,7 @@
     $("viewer-error").textContent = "";
     $("viewer-meta").textContent = "Loading…";
     $("segments").replaceChildren();
+    $("speakers").hidden = true;
     if (job.url) {
       if (player.src !== job.url) player.src = job.url;
       player.hidden = false;
@@ -480,8 +526,12 @@
       ];
       $("viewer-meta").textContent = facts.filter(Boolean).join(" · ");
       if (!segments.length) $("segments").append(el("li", { class: "muted" }, result.text || "No speech found."));
+      const names = showSpeakers(job, result.speakers || []);
       for (const seg of segments) {
         const stamp = `${clock(seg.start)} – ${clock(seg.end)}`;
+        const who = seg.speaker
+          ? el("span", { class: "speaker", "data-speaker": seg.speaker }, names[seg.speaker] || seg.speaker)
+          : "";
         $("segments").append(
           el(
             "li",
@@ -490,7 +540,7 @@
               "button",
               { type: "button", class: "segment", disabled: job.url ? null : true, onclick: () => playFrom(seg.start) },
               el("span", { class: "stamp" }, stamp),
-              el("span", { class: "text" }, seg.text.trim()),
+              el("span", { class: "text" }, who, seg.text.trim()),
             ),
           ),
         );
