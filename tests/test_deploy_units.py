@@ -253,7 +253,12 @@ def test_model_choices_are_packaged_from_the_hub(monkeypatch: pytest.MonkeyPatch
     from koe.deploy.spec import MODEL_CHOICES
 
     fetched: list[str] = []
-    monkeypatch.setattr(koe.models, "_download", lambda name, cache: fetched.append(name) or tmp_path)
+
+    def download(name: str, cache: Path) -> Path:
+        fetched.append(name)
+        return tmp_path
+
+    monkeypatch.setattr(koe.models, "_download", download)
     for name in MODEL_CHOICES:
         chosen = spec(model=name)
         assert chosen.packaged and chosen.model_data_url is not None
