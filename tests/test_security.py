@@ -838,3 +838,123 @@ def _pings(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _wav(path: Path, rate: int, seconds: float, amplitude: float = 0.1) -> Path:
+    """A 16-bit mono WAV at `rate` Hz (the stdlib's writer takes any rate, as an attacker's would)."""
+    import wave
+
+    import numpy as np
+
+    count = int(rate * seconds)
+    samples = (amplitude * 32767 * np.sin(np.arange(count) * 0.05)).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return path
+
+
+def test_a_wav_at_8_hz_is_refused_before_it_expands(tmp_path: Path, api_url: str) -> None:
+    """A 112 KB WAV at 8 Hz declares 7,000 s: resampled to 16 kHz it was 0.45 GB of float32 (held twice), and then
+    hours of transcription. Absurd sample rates are refused at once, at every door."""
+    from koe.audio import decode
+    from koe.errors import UndecodableAudioError
+
+    bomb = _wav(tmp_path / "bomb.wav", 8, 7000)
+    assert bomb.stat().st_size < 120_000
+    with pytest.raises(UndecodableAudioError, match="sample rate"):
+        decode(bomb)
+    with httpx.Client(base_url=api_url, timeout=30) as http:
+        response = http.post("/invocations", content=bomb.read_bytes(), headers={"Content-Type": "audio/wav"})
+        assert response.status_code == 400 and "sample rate" in response.text, response.text[:200]
+        files = {"file": ("bomb.wav", bomb.read_bytes(), "audio/wav")}
+        response = http.post("/v1/audio/transcriptions", files=files, data={"model": "whisper-1"})
+        assert response.status_code == 400 and "sample rate" in response.text, response.text[:200]
+    telephone = decode(_wav(tmp_path / "phone.wav", 8000, 2))  # 8 kHz is a real rate
+    assert abs(telephone.duration - 2.0) < 0.01
+
+
+def test_decoding_holds_the_audio_once(tmp_path: Path) -> None:
+    """Decoded samples go into one growing buffer: the peak while decoding 900 s is close to the audio's own size
+    (the list of chunks plus np.concatenate held it twice)."""
+    import tracemalloc
+
+    from koe.audio import decode
+
+    source = _wav(tmp_path / "long.wav", 8000, 900)
+    tracemalloc.start()
+    try:
+        audio = decode(source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = audio.samples.nbytes
+    assert abs(audio.duration - 900) < 0.1
+    assert peak < 1.3 * size, (peak / 2**20, size / 2**20)
+
+
+def test_decoding_stops_when_asked_and_memory_is_claimed(tmp_path: Path) -> None:
+    """A decode checks its caller between frames (a job's timeout or release stops it), and charges its buffer to
+    the memory budget it was given."""
+    from koe.audio import AudioMemory, decode
+
+    class Stop(Exception):
+        pass
+
+    calls = [0]
+
+    def check() -> None:
+        calls[0] += 1
+        if calls[0] > 3:
+            raise Stop
+
+    source = _wav(tmp_path / "long.wav", 8000, 600)
+    with pytest.raises(Stop):
+        decode(source, check=check)
+    memory = AudioMemory(10 * 2**30)
+    with memory.claim(wait=False) as claim:
+        audio = decode(source, memory=claim)
+        assert audio.samples.nbytes <= claim.held <= 2 * audio.samples.nbytes
+        assert memory.used == claim.held
+    assert memory.used == 0
+
+
+def test_audio_memory_in_flight_is_capped(engine: Engine, tmp_path: Path) -> None:
+    """Past KOE_MAX_AUDIO_MEMORY, synchronous routes answer 503 with Retry-After (in their own error shapes) and a
+    job waits for memory instead of failing; it completes once memory is released."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    settings = Settings(data_dir=tmp_path / "data", jobs_enabled=True, max_audio_memory=50 * 2**20, poll_s=0.05,
+                        heartbeat_s=0.2, reap_interval_s=0.2)  # fmt: skip
+    app = create_app(settings, engine_factory=lambda _: engine)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        hog = app.state.audio_memory.claim(wait=False)
+        hog.grow(48 * 2**20)  # another request's audio, still held
+        try:
+            raw = client.post("/invocations", content=CLIP.read_bytes(), headers={"Content-Type": "audio/wav"})
+            assert raw.status_code == 503 and raw.json()["error"]["type"] == "server_busy", raw.text[:200]
+            assert int(raw.headers["retry-after"]) > 0
+            files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+            openai = client.post("/v1/audio/transcriptions", files=files, data={"model": "whisper-1"})
+            assert openai.status_code == 503 and "retry-after" in openai.headers, openai.text[:200]
+            assert openai.json()["error"]["message"]
+            files = {"file": ("a.wav", CLIP.read_bytes(), "audio/wav")}
+            job = client.post("/v1/jobs", files=files, data={"format": "text"}).json()
+            wait_for(lambda: client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", 30, 0.05, "a claim")
+            threading.Event().wait(1.0)  # it waits for memory, not failing
+            assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "running"
+        finally:
+            hog.release()
+        view = wait_for(lambda: _finished_view(client, job["id"]), 120, 0.1, "the job")
+        assert view["status"] == "completed"
+        assert "weather" in client.get(f"/v1/jobs/{job['id']}/result").text.lower()
+        assert app.state.audio_memory.used == 0
+
+
+def _finished_view(client: Any, job_id: str) -> dict[str, Any] | None:
+    view: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+    return view if view["status"] not in ("queued", "running") else None

@@ -227,6 +227,11 @@ def http_status(error: KoeError) -> int:
     return 500
 
 
+def error_headers(error: KoeError) -> dict[str, str]:
+    """Headers that go with `error`'s answer: `Retry-After` when the server is busy."""
+    return {"Retry-After": str(error.retry_after_s)} if isinstance(error, BusyError) else {}
+
+
 def error_body(error: KoeError) -> dict[str, Any]:
     """The JSON body every door answers an error with (and async jobs write to their failure location)."""
     return {"error": {"type": error.type, "message": error.message}}

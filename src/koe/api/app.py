@@ -28,9 +28,10 @@ from koe import __version__
 from koe.api import auth, jobs, metrics, openai, runtime, sagemaker, web
 from koe.api.limits import HeaderLimitMiddleware
 from koe.api.sites import SiteCheckMiddleware
+from koe.audio import AudioMemory
 from koe.config import Settings
 from koe.engine import Engine
-from koe.errors import KoeError, ModelUnavailableError, error_body, http_status
+from koe.errors import KoeError, ModelUnavailableError, error_body, error_headers, http_status
 
 logger = logging.getLogger("koe.api")
 
@@ -63,6 +64,7 @@ def create_app(
         lifespan=_lifespan(factory),
     )
     app.state.settings = settings
+    app.state.audio_memory = AudioMemory(settings.max_audio_memory)  # shared by sync routes and the job workers
     app.state.engine = None
     app.state.engine_error = None
     for router in routers:
@@ -130,7 +132,7 @@ async def _koe_error(request: Request, exc: KoeError) -> JSONResponse:
     status = http_status(exc)
     if status >= 500:
         logger.error("%s %r failed: %s: %s", request.method, request.url.path, exc.type, exc.message)
-    return JSONResponse(error_body(exc), status_code=status)
+    return JSONResponse(error_body(exc), status_code=status, headers=error_headers(exc))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

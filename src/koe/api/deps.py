@@ -5,10 +5,17 @@ from __future__ import annotations
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from koe.audio import AudioMemory, MemoryClaim
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, NotReadyError
 from koe.jobs.engines import EngineHolder
+
+
+def audio_claim(request: Request) -> MemoryClaim:
+    """A synchronous request's claim on the process's audio memory: refused (503) rather than waiting."""
+    memory: AudioMemory = request.app.state.audio_memory
+    return memory.claim(wait=False)
 
 
 def app_settings(request: Request) -> Settings:

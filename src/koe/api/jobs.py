@@ -197,7 +197,12 @@ async def start_jobs(app: FastAPI, load_model: Callable[[Settings], Engine]) -> 
     def load(name: str) -> Engine:
         return load_model(settings.model_copy(update={"model": name}))
 
-    endpoint = await anyio.to_thread.run_sync(lambda: LocalEndpoint(settings, load_model=load, metrics=metrics))
+    memory = app.state.audio_memory  # one budget for the sync routes and the jobs of this process
+
+    def build() -> LocalEndpoint:
+        return LocalEndpoint(settings, load_model=load, metrics=metrics, audio_memory=memory)
+
+    endpoint = await anyio.to_thread.run_sync(build)
     endpoint.start()
     app.state.jobs = endpoint
     app.state.metrics = endpoint.metrics

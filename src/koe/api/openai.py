@@ -42,10 +42,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from koe.api.deps import app_settings, engine_for
+from koe.api.deps import app_settings, audio_claim, engine_for
 from koe.api.inputs import body_kind, received_body
 from koe.api.routing import scoped_errors
-from koe.audio import Audio, AudioLimits, decode
+from koe.audio import Audio, AudioLimits, MemoryClaim, decode
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import (
@@ -55,6 +55,7 @@ from koe.errors import (
     KoeError,
     OptionsError,
     UnknownModelError,
+    error_headers,
     http_status,
 )
 from koe.formats import CONTENT_TYPES, render, speakers, verbose_dict
@@ -140,7 +141,9 @@ def error_param(exc: KoeError) -> str | None:
 
 def render_error(request: Request, exc: Exception) -> Response:
     status, body = error_payload(exc)
-    headers = {"WWW-Authenticate": 'Bearer realm="koe"'} if status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer realm="koe"'} if status == 401 else {}
+    if isinstance(exc, KoeError):
+        headers.update(error_headers(exc))
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -375,6 +378,16 @@ async def answer(request: Request, task: Task) -> Response:
     if body_kind(request.headers.get("content-type")) != "multipart":
         raise InputError("file: send the audio as multipart/form-data (a `file` part plus fields), as OpenAI does")
     limit = min(settings.max_sync_bytes, settings.max_input_bytes)
+    memory = audio_claim(request)
+    try:
+        return await _answer(request, task, settings, limit, memory)
+    except BaseException:
+        memory.release()
+        raise
+
+
+async def _answer(request: Request, task: Task, settings: Settings, limit: int, memory: MemoryClaim) -> Response:
+    """`answer`, holding `memory` for the decoded audio: released when the response is done (or streamed)."""
     try:
         async with received_body(request, max_bytes=limit, spool_dir=settings.spool_dir) as body:
             asked = parse_fields(body.fields, task)
@@ -385,7 +398,8 @@ async def answer(request: Request, task: Task) -> Response:
                     "(e.g. model=base on `koe serve`, or serve one: `koe serve --model base`)"
                 )
             engine.check(asked.options)
-            audio = await run_in_threadpool(decode, body.audio, AudioLimits(limit, settings.max_duration_s))
+            limits = AudioLimits(limit, settings.max_duration_s)
+            audio = await run_in_threadpool(decode, body.audio, limits, memory=memory)
     except InputTooLargeError as exc:
         raise InputTooLargeError(
             f"{exc.message.rstrip('.')}. The synchronous API takes up to {limit} bytes (KOE_MAX_SYNC_BYTES); "
@@ -393,12 +407,22 @@ async def answer(request: Request, task: Task) -> Response:
         ) from None
     if asked.stream:
         return StreamingResponse(
-            sse_events(engine, audio, asked.options),
+            releasing(sse_events(engine, audio, asked.options), memory),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     transcript = await run_in_threadpool(engine.transcribe, audio, asked.options)
+    memory.release()
     return render_transcript(transcript, asked)
+
+
+async def releasing(events: AsyncIterator[bytes], memory: MemoryClaim) -> AsyncIterator[bytes]:
+    """`events`, releasing `memory` when the stream ends however it ends (done, failed, client gone)."""
+    try:
+        async for event in events:
+            yield event
+    finally:
+        memory.release()
 
 
 def render_transcript(transcript: Transcript, asked: AudioRequest) -> Response:

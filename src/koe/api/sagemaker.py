@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from koe.api.deps import app_settings, check_health, engine_for, loaded_engine
+from koe.api.deps import app_settings, audio_claim, check_health, engine_for, loaded_engine
 from koe.api.inputs import (
     CUSTOM_ATTRIBUTES_HEADER,
     accept_format,
@@ -56,9 +56,10 @@ async def transcribe_request(request: Request, max_bytes: int | None = None) -> 
     limit = settings.max_input_bytes if max_bytes is None else min(max_bytes, settings.max_input_bytes)
     limits = AudioLimits(limit, settings.max_duration_s)
     spool = received_body(request, max_bytes=limit, spool_dir=settings.spool_dir)
-    async with spool as body:
-        options = merge_options(attributes, body.fields)
-        engine.check(options)
-        audio = await run_in_threadpool(decode, body.audio, limits)
-    transcript = await run_in_threadpool(engine.transcribe, audio, options)
+    with audio_claim(request) as memory:
+        async with spool as body:
+            options = merge_options(attributes, body.fields)
+            engine.check(options)
+            audio = await run_in_threadpool(decode, body.audio, limits, memory=memory)
+        transcript = await run_in_threadpool(engine.transcribe, audio, options)
     return Response(render(transcript, fmt), media_type=CONTENT_TYPES[fmt])

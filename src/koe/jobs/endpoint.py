@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from koe.audio import AudioMemory
 from koe.config import Settings
 from koe.errors import JobConflictError, JobNotFinishedError, OptionsError
 from koe.formats import CONTENT_TYPES, check_format, render
@@ -57,6 +58,7 @@ class LocalEndpoint:
         notifier: Notifier | None = None,
         store: ObjectStore | None = None,
         queue: JobQueue | None = None,
+        audio_memory: AudioMemory | None = None,
     ) -> None:
         self.settings = settings
         make_private_dir(settings.data_dir)
@@ -78,6 +80,7 @@ class LocalEndpoint:
             config=self.config,
             notifier=self.notifier,
             metrics=self.metrics,
+            audio_memory=audio_memory or AudioMemory(settings.max_audio_memory),
         )
         self.metrics.watch_queue(lambda: self.queue.stats(self.config.stale_s).as_dict())
         self.inputs_dir = settings.data_dir / "inputs"

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from koe.audio import AudioLimits, decode
+from koe.audio import AudioLimits, AudioMemory, MemoryClaim, decode
 from koe.config import Settings
 from koe.errors import JobTimeoutError, KoeError
 from koe.formats import CONTENT_TYPES, render
@@ -122,6 +122,7 @@ class WorkerPool:
         notifier: Notifier | None = None,
         metrics: Metrics | None = None,
         worker_id: str | None = None,
+        audio_memory: AudioMemory | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -130,6 +131,7 @@ class WorkerPool:
         self.notifier = notifier or Notifier()
         self.metrics = metrics or Metrics()
         self.worker_id = worker_id or new_worker_id()
+        self.audio_memory = audio_memory or AudioMemory(2 * 1024**3)
         self.in_flight: dict[str, Running] = {}
         self._in_flight_lock = threading.Lock()
         self._wake = threading.Event()
@@ -304,10 +306,20 @@ class WorkerPool:
         self._submit_effects(done)
 
     def _transcribe(self, running: Running) -> Transcript:
+        """Decode and transcribe within a claim on the process's audio memory (waiting for it if need be)."""
+
+        def check() -> None:  # a timeout or a release stops the decode (and the wait for memory) too
+            if running.reason:
+                raise Aborted(running.reason)
+
+        with self.audio_memory.claim(wait=True, check=check) as memory:
+            return self._transcribe_within(running, memory, check)
+
+    def _transcribe_within(self, running: Running, memory: MemoryClaim, check: Callable[[], None]) -> Transcript:
         job = running.claim.job
         limits = self.config.limits
         with self.store.open(job.input_location, limits.max_bytes) as stream:
-            audio = decode(stream, limits)
+            audio = decode(stream, limits, memory=memory, check=check)
         running.total_s = audio.duration
         self._flush(running)
 
