@@ -146,6 +146,15 @@ def test_policy_is_limited_to_the_prefix_repository_logs_and_topics() -> None:
             "Resource": ["arn:aws:s3:::models/large-v3/model.tar.gz"]} in outside  # fmt: skip
 
 
+def test_inputs_read_in_place_are_granted_read_only() -> None:
+    by_sid = {s["Sid"]: s for s in execution_policy(scope(inputs=("s3://recordings/2026/",)))["Statement"]}
+    assert by_sid["InputsElsewhere"] == {
+        "Sid": "InputsElsewhere", "Effect": "Allow", "Action": ["s3:GetObject"],
+        "Resource": ["arn:aws:s3:::recordings/2026/*"],
+    }  # fmt: skip
+    assert "InputsElsewhere" not in {s["Sid"] for s in execution_policy(scope())["Statement"]}
+
+
 def test_trust_policy_is_limited_to_sagemaker_for_this_account() -> None:
     [statement] = trust_policy(ACCOUNT)["Statement"]
     assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}

@@ -402,6 +402,9 @@ def iam_policy_command(
     success_topic: Annotated[str | None, typer.Option(help="SNS success topic ARN.")] = None,
     error_topic: Annotated[str | None, typer.Option(help="SNS error topic ARN.")] = None,
     kms_key: Annotated[str | None, typer.Option(help="KMS key id or ARN (bucket, outputs, topics, volume).")] = None,
+    input_prefix: Annotated[
+        list[str] | None, typer.Option("--input", help="s3://bucket/prefix/ that bulk invokes read in place.")
+    ] = None,
     create_role: Annotated[bool, typer.Option(help="Create (or update) the role in IAM.")] = False,
     role_name: Annotated[str | None, typer.Option(help="Role name (default: koe-NAME-sagemaker).")] = None,
     region: Region = None,
@@ -416,7 +419,7 @@ def iam_policy_command(
         aws = _aws(region, profile, endpoint_url)
         scope = scope_for(aws, endpoint=name, bucket=bucket, prefix=prefix, image_uri=image,
                           topics=(success_topic, error_topic), model_data_url=model_data,
-                          kms_key=kms_key)  # fmt: skip
+                          kms_key=kms_key, inputs=input_prefix or ())  # fmt: skip
         policy = execution_policy(scope)
         if not create_role:
             trust = trust_policy(scope.account)

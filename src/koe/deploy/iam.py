@@ -60,6 +60,7 @@ class RoleScope:
     topics: tuple[str, ...] = ()
     model_data_url: str | None = None
     kms_key: str | None = None
+    inputs: tuple[str, ...] = ()  # s3://bucket/prefix/ that `koe invoke s3://...` reads in place
 
 
 def kms_key_arn(key: str, *, partition: str, region: str, account: str) -> str:
@@ -94,6 +95,11 @@ def execution_policy(scope: RoleScope) -> dict[str, Any]:
         loc = S3Url.parse(scope.model_data_url)
         statements.append({"Sid": "ModelData", "Effect": "Allow", "Action": ["s3:GetObject"],
                            "Resource": [f"arn:{p}:s3:::{loc.bucket}/{loc.key}"]})  # fmt: skip
+    if scope.inputs:
+        # `koe invoke s3://bucket/prefix/` invokes objects where they are: SageMaker reads them with this role.
+        resources = sorted({f"arn:{p}:s3:::{S3Url.parse(u).bucket}/{S3Url.parse(u).key}*" for u in scope.inputs})
+        statements.append({"Sid": "InputsElsewhere", "Effect": "Allow", "Action": ["s3:GetObject"],
+                           "Resource": resources})  # fmt: skip
     statements += [
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
         {"Sid": "EcrPull", "Effect": "Allow", "Action": ["ecr:BatchCheckLayerAvailability",
@@ -152,10 +158,12 @@ def scope_for(
     topics: Sequence[str | None] = (),
     model_data_url: str | None = None,
     kms_key: str | None = None,
+    inputs: Sequence[str] = (),
 ) -> RoleScope:
     return RoleScope(
         endpoint=endpoint, bucket=bucket, prefix=(prefix or f"koe/{endpoint}").strip("/"),
         image_uri=image_uri,
         account=aws.account_id(), region=aws.region, partition=aws.partition,
         topics=tuple(t for t in topics if t), model_data_url=model_data_url, kms_key=kms_key,
+        inputs=tuple(inputs),
     )  # fmt: skip
