@@ -456,6 +456,19 @@ def test_invocations_with_custom_attributes(server: str, meeting: Mix) -> None:
     assert {c.voice for c in captions} == {"Speaker 1", "Speaker 2"}
 
 
+def test_koe_submit_with_diarize(server: str, meeting: Mix, tmp_path: Path) -> None:
+    audio = tmp_path / "meeting.wav"
+    audio.write_bytes(wav_bytes(meeting.samples))
+    koe = Path(sys.executable).with_name("koe")
+    out = subprocess.run(
+        [str(koe), "submit", str(audio), "--server", server, "--wait", "--diarize", "--num-speakers", "2",
+         "--format", "text"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    turns = out.stdout.splitlines()
+    assert len(turns) >= 8 and {t.split(": ", 1)[0] for t in turns} == {"Speaker 1", "Speaker 2"}
+
+
 def test_jobs_door_stores_speakers_and_serves_rttm(server: str, meeting: Mix) -> None:
     """The local endpoint's door: a queued job with diarize=true; its stored transcript keeps the speakers, so
     any format can be asked for afterwards, RTTM included."""

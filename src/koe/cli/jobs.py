@@ -135,13 +135,15 @@ def _fail(exc: ApiError) -> typer.Exit:
 def submit_command(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files.", exists=True, dir_okay=False)],
     wait: Annotated[bool, typer.Option(help="Follow the jobs and print their results.")] = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text|json|verbose_json|srt|vtt|tsv")] = "text",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text|json|verbose_json|srt|vtt|tsv|rttm")] = "text",
     language: Annotated[str | None, typer.Option(help="Language code, or auto.")] = None,
     task: Annotated[str | None, typer.Option(help="transcribe | translate")] = None,
     model: Annotated[str | None, typer.Option(help="Model (default: the server's).")] = None,
     job_id: Annotated[str | None, typer.Option("--id", help="Job id (one file only).")] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Notify this URL when the job finishes.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="With --wait: write FILE.<ext> here.")] = None,
+    diarize: Annotated[bool, typer.Option(help="Label speakers: who said what.")] = False,
+    num_speakers: Annotated[int | None, typer.Option(help="Exact number of speakers (implies --diarize).")] = None,
     server: Server = DEFAULT_SERVER,
     api_key: ApiKey = None,
 ) -> None:
@@ -150,7 +152,8 @@ def submit_command(
         err.print("[red]error:[/red] --id names one job; give one file")
         raise typer.Exit(2)
     fields = {"format": fmt, "language": language, "task": task, "model": model, "id": job_id,
-              "webhook_url": webhook_url}  # fmt: skip
+              "webhook_url": webhook_url, "diarize": "true" if diarize else None,
+              "num_speakers": num_speakers}  # fmt: skip
     data = {k: v for k, v in fields.items() if v is not None}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"))
     with Client(server, api_key) as client, Progress(*columns, TimeElapsedColumn(), console=err) as bar:
