@@ -147,6 +147,11 @@ def test_warm_hours_alarms_and_lifecycle_round_trip(aws: Aws, raw: Raw, seeded: 
     assert {d["Name"] for d in expired["Dimensions"]} == {"EndpointName", "VariantName"}
     assert (oldest["MetricName"], oldest["Threshold"]) == ("ApproximateAgeOfOldestRequest", 600.0)
 
+    status = CliRunner().invoke(app, ["status", "--name", NAME])
+    assert status.exit_code == 0, status.output
+    for text in ("cron(0 9 ? * MON-FRI *) Asia/Tokyo: 2..3 instances", NAMES.failures_alarm, NAMES.oldest_alarm):
+        assert text in status.stdout, text
+
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]}
     assert rules["someone-elses"]["Expiration"] == {"Days": 90}  # kept
     ours = rules[lifecycle_rule_id(NAME)]

@@ -21,6 +21,7 @@ class EndpointStatus:
     target: dict[str, Any] | None
     policies: list[dict[str, Any]] = field(default_factory=list)
     alarms: list[dict[str, Any]] = field(default_factory=list)
+    scheduled: list[dict[str, Any]] = field(default_factory=list)
     backlog: list[tuple[datetime, float]] = field(default_factory=list)
     without_capacity: list[tuple[datetime, float]] = field(default_factory=list)
 
@@ -45,11 +46,13 @@ def collect_status(aws: Aws, name: str, *, minutes: int = 60) -> EndpointStatus:
     target = aws.describe_scalable_target(names.resource_id)
     policies = aws.describe_scaling_policies(names.resource_id)
     # Ours plus the ones Application Auto Scaling made for target tracking (listed on the policy).
-    alarm_names = [names.wake_alarm] + [a["AlarmName"] for p in policies for a in p.get("Alarms", [])]
+    alarm_names = [names.wake_alarm, names.failures_alarm, names.expired_alarm, names.oldest_alarm]
+    alarm_names += [a["AlarmName"] for p in policies for a in p.get("Alarms", [])]
     alarms = [a for a in (aws.describe_alarm(n) for n in dict.fromkeys(alarm_names)) if a is not None]
     backlog = aws.metric_statistics(metric="ApproximateBacklogSize", endpoint=name, minutes=minutes)
     without = aws.metric_statistics(metric=WAKE_METRIC, endpoint=name, minutes=minutes)
-    return EndpointStatus(name, endpoint, config, target, policies, alarms, backlog, without)
+    scheduled = aws.describe_scheduled_actions(names.resource_id) if target else []
+    return EndpointStatus(name, endpoint, config, target, policies, alarms, scheduled, backlog, without)
 
 
 def render_status(status: EndpointStatus) -> Group:
@@ -68,6 +71,11 @@ def render_status(status: EndpointStatus) -> Group:
         scaling.add_row("scalable target", "-", "[red]not registered[/red]")
     for policy in status.policies:
         scaling.add_row(str(policy.get("PolicyType")), str(policy.get("PolicyName")), _policy_text(policy))
+    for action in status.scheduled:
+        capacity = action.get("ScalableTargetAction") or {}
+        when = f"{action.get('Schedule')} {action.get('Timezone') or 'UTC'}"
+        scaling.add_row("scheduled", str(action.get("ScheduledActionName")),
+                        f"{when}: {capacity.get('MinCapacity')}..{capacity.get('MaxCapacity')} instances")  # fmt: skip
     for alarm in status.alarms:
         state = str(alarm.get("StateValue"))
         colour = "red" if state == "ALARM" else "green" if state == "OK" else "yellow"
