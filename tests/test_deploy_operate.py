@@ -79,6 +79,7 @@ def test_cost_lines() -> None:
         "cost: pass --throughput"
     )
     assert "no price" in cost_notes(instance_type="ml.g6e.12xlarge", speed=40)[0]
+    assert "45 h/week = $33.14/week" in cost_notes(instance_type="ml.g4dn.xlarge", speed=40, warm_hours_per_week=45)[2]
     floor = cost_notes(instance_type="ml.c5.xlarge", speed=2, min_instances=1, warm_hours_per_week=45)
     assert "$4.90/day" in floor[2] and "45 h/week = $9.18/week" in floor[3]
 

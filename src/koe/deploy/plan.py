@@ -151,7 +151,7 @@ def plan_deploy(aws: Aws, spec: DeploySpec, *, wait_timeout_s: float = 1800) -> 
 
 
 def limits_notes(spec: DeploySpec) -> tuple[str, ...]:
-    speed = f"{spec.throughput:g}x real time (measured)" if spec.throughput else (
+    speed = f"{spec.throughput:g}x real time (--throughput)" if spec.throughput else (
         f"{ASSUMED_SPEED[instance_family(spec.instance_type)]:g}x real time (assumed; pass --throughput)"
     )  # fmt: skip
     return (
@@ -273,7 +273,8 @@ def _scaling_steps(aws: Aws, spec: DeploySpec, *, retype: bool) -> tuple[Step | 
 
     steps = [_target_step(spec, rid, target)]
     tracking = tracking_configuration(spec.name, spec.target_backlog_per_instance)
-    steps.append(_policy_step(names.tracking_policy, rid, TRACKING, tracking, policies, "target tracking", None))
+    detail = f"target tracking: {spec.target_backlog_per_instance:g} queued per instance"
+    steps.append(_policy_step(names.tracking_policy, rid, TRACKING, tracking, policies, detail, None))
     wake = _policy_step(names.wake_policy, rid, STEP, wake_configuration(), policies, "step, wake from 0", "wake")
     steps.append(wake)
     policy_arn: Any = Var("wake") if wake.action != "no-op" else policies[names.wake_policy]["PolicyARN"]
