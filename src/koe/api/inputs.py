@@ -5,8 +5,9 @@ for the parts that work on bytes, by the SageMaker handler module.
 
 - Raw and multipart bodies are streamed to a temporary file; the byte limit is enforced while streaming
   (413), so a 1 GB body is never held in memory, and `received_body` removes the file on every path.
-- JSON bodies (`{"audio": "<base64>", ...options}`) are for small inputs and are read into memory, within
-  `MAX_JSON_BYTES`.
+- JSON bodies (`{"audio": "<base64>", ...options}`) are spooled to disk too (within `MAX_JSON_BYTES`); the
+  base64 is decoded from the spooled file a slice at a time (`extract_json_audio`), so neither the text nor the
+  audio is ever held whole in memory.
 - Options come from `X-Amzn-SageMaker-Custom-Attributes` and from form/JSON fields; a name given in both
   places, or an unknown name, is an `OptionsError` (422).
 """
@@ -17,7 +18,9 @@ import base64
 import binascii
 import io
 import json
+import mmap
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+import anyio.to_thread
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -43,6 +47,11 @@ CUSTOM_ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 MAX_JSON_BYTES = 100 * 1024**2
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 64
+"""Non-file parts in one form, repeats of an array field (`x[]`) included."""
+MAX_FORM_BYTES = 256 * 1024
+"""All non-file parts of one form together: options are small, and a form of many large fields is an attack."""
+PARSE_BATCH = 1024 * 1024
+"""Body bytes handed to the multipart parser at a time, in a worker thread (parsing is CPU work)."""
 FILE_FIELDS = ("file", "audio")
 ACCEPTED_CONTENT_TYPES = "audio/*, video/*, application/octet-stream, multipart/form-data, application/json"
 
@@ -107,9 +116,7 @@ async def received_body(
             elif kind == "multipart":
                 body = await _spool_multipart(request, sink, max_bytes, path)
             else:
-                data = await read_limited(request, json_limit(max_bytes))
-                audio, fields = parse_json_body(data, max_bytes)
-                sink.write(audio)
+                fields = await _spool_json(request, sink, max_bytes, spool_dir)
                 body = ReceivedBody(path, fields)
         if body.audio.stat().st_size == 0:
             raise EmptyInputError("the input is empty (0 bytes of audio)")
@@ -154,12 +161,20 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 async def _spool_multipart(request: Request, sink: BinaryIO, limit: int, path: Path) -> ReceivedBody:
-    # The limit covers the whole multipart body; the option fields are small beside the audio.
+    # The limit covers the whole multipart body; the option fields are small beside the audio. Parsing runs in a
+    # worker thread, a batch of chunks at a time, so a large body never holds the event loop.
     reader = MultipartReader(request.headers.get("content-type", ""), lambda: sink)
-    async for chunk in _chunks(request, limit + MAX_FIELDS * MAX_FIELD_BYTES):
-        reader.write(chunk)
+    batch = bytearray()
+    async for chunk in _chunks(request, limit + MAX_FORM_BYTES + MAX_FIELDS * 1024):
+        batch += chunk
+        if len(batch) >= PARSE_BATCH:
+            await anyio.to_thread.run_sync(reader.write, bytes(batch))
+            batch.clear()
         if reader.file_bytes > limit:
             raise InputTooLargeError(f"the uploaded file is larger than the limit of {limit} bytes")
+    await anyio.to_thread.run_sync(reader.write, bytes(batch))
+    if reader.file_bytes > limit:
+        raise InputTooLargeError(f"the uploaded file is larger than the limit of {limit} bytes")
     reader.finish()
     return ReceivedBody(path, reader.fields, reader.filename)
 
@@ -169,7 +184,7 @@ class MultipartReader:
 
     The file part is the one with a filename, or one named `file` or `audio`; there must be exactly one.
     An array field (a name ending in `[]`, e.g. OpenAI's `timestamp_granularities[]`) may repeat: its values
-    are joined with commas.
+    are joined with commas, once, at the end. At most `MAX_FIELDS` non-file parts of `MAX_FORM_BYTES` in all.
     """
 
     def __init__(self, content_type: str, open_sink: Callable[[], BinaryIO]) -> None:
@@ -178,6 +193,9 @@ class MultipartReader:
         if not boundary:
             raise InputError("multipart/form-data body without a boundary in its Content-Type")
         self.fields: dict[str, str] = {}
+        self._values: dict[str, list[str]] = {}
+        self._parts = 0
+        self.form_bytes = 0
         self.filename: str | None = None
         self.file_bytes = 0
         self._open_sink = open_sink
@@ -242,7 +260,8 @@ class MultipartReader:
         self._name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
         if filename is None and self._name not in FILE_FIELDS:
-            if len(self.fields) >= MAX_FIELDS:
+            self._parts += 1
+            if self._parts > MAX_FIELDS:
                 raise InputError(f"multipart/form-data body with more than {MAX_FIELDS} fields")
             return
         if self._seen_file:
@@ -258,8 +277,11 @@ class MultipartReader:
             self.file_bytes += end - start
             return
         self._value += data[start:end]
+        self.form_bytes += end - start
         if len(self._value) > MAX_FIELD_BYTES:
-            raise InputError(f"multipart field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+            raise InputError(f"multipart field {self._name[:100]!r} is longer than {MAX_FIELD_BYTES} bytes")
+        if self.form_bytes > MAX_FORM_BYTES:
+            raise InputError(f"the form's fields are larger than {MAX_FORM_BYTES} bytes in all (options are small)")
 
     def _on_part_end(self) -> None:
         if self._in_file:
@@ -270,14 +292,14 @@ class MultipartReader:
             value = self._value.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError(f"multipart field {self._name!r} is not UTF-8 text") from None
-        if self._name in self.fields:
-            if not self._name.endswith("[]"):
-                raise OptionsError(f"{self._name}: given twice in the form")
-            value = f"{self.fields[self._name]},{value}"
-        self.fields[self._name] = value
+        values = self._values.setdefault(self._name, [])
+        if values and not self._name.endswith("[]"):
+            raise OptionsError(f"{self._name[:100]}: given twice in the form")
+        values.append(value)
 
     def _on_end(self) -> None:
         self._ended = True
+        self.fields = {name: ",".join(values) for name, values in self._values.items()}
 
 
 def parse_multipart_bytes(content_type: str, data: bytes, max_bytes: int) -> tuple[bytes, dict[str, str]]:
@@ -289,6 +311,104 @@ def parse_multipart_bytes(content_type: str, data: bytes, max_bytes: int) -> tup
     if reader.file_bytes > max_bytes:
         raise InputTooLargeError(f"the uploaded file is {reader.file_bytes} bytes; the limit is {max_bytes}")
     return sink.getvalue(), reader.fields
+
+
+JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\],:]')
+"""A JSON string (with its escapes) or a structural character; everything else (numbers, literals) is skipped."""
+MAX_JSON_OPTIONS = 1024 * 1024
+B64_SLICE = 4 * 1024 * 1024
+"""Base64 characters decoded at a time (a multiple of 4)."""
+
+
+async def _spool_json(request: Request, sink: BinaryIO, max_bytes: int, spool_dir: Path | None) -> dict[str, Any]:
+    fd, name = tempfile.mkstemp(prefix="koe-json-", dir=spool_dir)
+    try:
+        with os.fdopen(fd, "w+b") as raw:
+            async for chunk in _chunks(request, json_limit(max_bytes)):
+                raw.write(chunk)
+            raw.flush()
+            return await anyio.to_thread.run_sync(extract_json_audio, raw, sink, max_bytes)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def extract_json_audio(source: BinaryIO, sink: BinaryIO, max_bytes: int) -> dict[str, Any]:
+    """`{"audio": "<base64>", ...options}` in the file `source` -> the audio written to `sink`, the options
+    returned. The file is mapped, not read: the base64 is found by a scan of the JSON's structure and decoded a
+    slice at a time; the rest (the options) is parsed by `json`, which also checks the whole is valid JSON."""
+    size = os.fstat(source.fileno()).st_size
+    if size == 0:
+        raise InputError("the body is not valid JSON: it is empty")
+    with mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        span = _audio_span(data)
+        if span is None:  # no plain "audio" string member: the whole-body parser says what is wrong, or decodes it
+            audio, fields = parse_json_body(bytes(data), max_bytes)
+            sink.write(audio)
+            return fields
+        start, end = span
+        rest = data[:start] + b'""' + data[end:]
+        if len(rest) > MAX_JSON_OPTIONS:
+            raise InputError(f"the JSON body's options are larger than {MAX_JSON_OPTIONS} bytes")
+        _, fields = _json_object(rest)
+        if fields.pop("audio", "") != "":
+            raise InputError('the JSON body gives "audio" twice')
+        _decode_base64(data, start + 1, end - 1, sink, max_bytes)
+    return fields
+
+
+def _audio_span(data: mmap.mmap) -> tuple[int, int] | None:
+    """Where the top-level `"audio"` member's string value is (quotes included), or None."""
+    depth = 0
+    key: bytes | None = None
+    previous: bytes | None = None
+    for match in JSON_TOKEN.finditer(data):  # type: ignore[call-overload]
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+        elif token in (b"}", b"]"):
+            depth -= 1
+        elif token == b":":
+            key = previous if depth == 1 else None
+        elif token.startswith(b'"') and key == b'"audio"' and previous == b":":
+            return match.start(), match.end()
+        previous = token if len(token) < 16 else b'""'
+    return None
+
+
+def _json_object(data: bytes) -> tuple[Any, dict[str, Any]]:
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InputError('a JSON body must be an object: {"audio": "<base64>", ...options}')
+    if not isinstance(body.get("audio"), str):
+        raise InputError('a JSON body needs an "audio" field holding the audio as base64')
+    return body["audio"], body
+
+
+def _decode_base64(data: mmap.mmap, start: int, end: int, sink: BinaryIO, max_bytes: int) -> None:
+    """Decode the base64 in `data[start:end]` to `sink`, a slice at a time."""
+    encoded: mmap.mmap | bytes = data
+    if data.find(b"\\", start, end) >= 0:  # a JSON escape in base64: only `\/` is plausible (escaped slashes)
+        encoded = data[start:end].replace(b"\\/", b"/")
+        start, end = 0, len(encoded)
+        if b"\\" in encoded:
+            raise InputError('the JSON "audio" field is not valid base64')
+    written = 0
+    for offset in range(start, end, B64_SLICE):
+        piece = encoded[offset : min(offset + B64_SLICE, end)]  # a copy of one slice, never the whole
+        last = offset + B64_SLICE >= end
+        try:
+            if not last and piece.endswith(b"="):
+                raise ValueError("padding inside")
+            audio = base64.b64decode(piece, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError('the JSON "audio" field is not valid base64') from None
+        written += len(audio)
+        if written > max_bytes:
+            raise InputTooLargeError(f"the audio is larger than the limit of {max_bytes} bytes")
+        sink.write(audio)
 
 
 def parse_json_body(data: bytes | str, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
