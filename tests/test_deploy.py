@@ -464,12 +464,15 @@ def test_sweep_keeps_old_config_when_the_endpoint_does_not_run_the_new_one(
 def test_failed_instance_type_change_restores_autoscaling(
     aws: Aws, raw: Raw, seeded: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = make_spec(seeded, min_instances=0, max_instances=2)
+    first = make_spec(seeded, min_instances=0, max_instances=2, warm_hours="Mon-Fri 09:00-18:00")
     run(plan_deploy(aws, first), aws)
     before = deployed(raw)
+    aas = raw("application-autoscaling")
+    schedules = aas.describe_scheduled_actions(ServiceNamespace="sagemaker")["ScheduledActions"]
+    assert len(schedules) == 2
     # AWS refuses UpdateEndpoint for a variant registered with Application Auto Scaling when the instance type
     # changes: only then is autoscaling taken down first, and it must come back if the update fails.
-    second = make_spec(seeded, instance_type="ml.g4dn.2xlarge")
+    second = make_spec(seeded, instance_type="ml.g4dn.2xlarge", warm_hours="Mon-Fri 09:00-18:00")
     plan = plan_deploy(aws, second)
     assert [(s.resource, s.action) for s in plan.changes][:3] == [
         ("endpoint config", "create"), ("autoscaling", "delete"), ("endpoint", "update"),

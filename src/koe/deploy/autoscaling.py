@@ -81,6 +81,10 @@ class ScalingNames:
         return f"koe-{self.endpoint}-wake-until"
 
     @property
+    def schedules(self) -> tuple[str, ...]:
+        return (self.warm_start, self.warm_end, self.wake_until)
+
+    @property
     def failures_alarm(self) -> str:
         return f"koe-{self.endpoint}-invocation-failures"
 

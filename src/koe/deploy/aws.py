@@ -12,6 +12,7 @@ Built from a boto3 `Session` with an optional `endpoint_url`, so tests point eve
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -94,6 +95,7 @@ class Aws:
         self.endpoint_url = endpoint_url
         self._config = Config(retries={"max_attempts": max_attempts, "mode": "standard"})
         self._clients: dict[str, Any] = {}
+        self._clients_lock = threading.Lock()  # bulk invokes share one Aws across threads; Sessions are not safe
         self._account: str | None = None
 
     @classmethod
@@ -108,11 +110,12 @@ class Aws:
     # ---- the edge ------------------------------------------------------------------------------------------
 
     def _client(self, service: str) -> Any:
-        if service not in self._clients:
-            self._clients[service] = self._session.client(
-                service, region_name=self.region, endpoint_url=self.endpoint_url, config=self._config
-            )
-        return self._clients[service]
+        with self._clients_lock:
+            if service not in self._clients:
+                self._clients[service] = self._session.client(
+                    service, region_name=self.region, endpoint_url=self.endpoint_url, config=self._config
+                )
+            return self._clients[service]
 
     def _call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """Call `operation` on `service`'s client; botocore errors become koe errors here and only here."""

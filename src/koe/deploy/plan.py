@@ -263,12 +263,16 @@ def _scaling_steps(aws: Aws, spec: DeploySpec, *, retype: bool) -> tuple[Step | 
     ours = [n for n in (names.tracking_policy, names.wake_policy) if n in policies]
     teardown = None
     if retype and (target is not None or ours):
-        # Deregistering deletes the policies on AWS; they are deleted explicitly first so that no emulator keeps them.
+        # Deregistering deletes the policies and scheduled actions on AWS; koe's are deleted explicitly first so
+        # that no emulator keeps them, and put back by `_restore` if the update fails.
+        scheduled = [a for a in aws.describe_scheduled_actions(rid) if a["ScheduledActionName"] in names.schedules]
         calls: list[Instruction] = [Call("delete_scaling_policy", {"name": n, "resource_id": rid}) for n in ours]
+        calls += [Call("delete_scheduled_action", {"name": a["ScheduledActionName"], "resource_id": rid})
+                  for a in scheduled]  # fmt: skip
         if target is not None:
             calls.append(Call("deregister_scalable_target", {"resource_id": rid}))
         teardown = Step("autoscaling", rid, "delete", "the instance type changes: registered again after",
-                        tuple(calls), _restore(names, target, policies))  # fmt: skip
+                        tuple(calls), _restore(names, target, policies, scheduled))  # fmt: skip
         target, policies = None, {}
 
     steps = [_target_step(spec, rid, target)]
@@ -358,7 +362,10 @@ def _lifecycle_step(aws: Aws, spec: DeploySpec) -> Step:
 
 
 def _restore(
-    names: ScalingNames, target: Mapping[str, Any] | None, policies: Mapping[str, Mapping[str, Any]]
+    names: ScalingNames,
+    target: Mapping[str, Any] | None,
+    policies: Mapping[str, Mapping[str, Any]],
+    scheduled: list[dict[str, Any]],
 ) -> tuple[Instruction, ...]:
     """The calls that put back the scalable target and koe's policies as they are now (and point the wake
     alarm at the wake policy again, whose ARN may change when it is created anew)."""
@@ -378,6 +385,13 @@ def _restore(
         calls.append(Call("put_scaling_policy", params, store=store))
     if names.wake_policy in policies:
         calls.append(Call("put_metric_alarm", {"alarm": wake_alarm(names, Var("restored-wake"))}))
+    for action in scheduled:
+        capacity = action.get("ScalableTargetAction") or {}
+        calls.append(Call("put_scheduled_action", {
+            "name": action["ScheduledActionName"], "resource_id": rid, "schedule": action["Schedule"],
+            "timezone": action.get("Timezone") or "UTC", "min_capacity": int(capacity["MinCapacity"]),
+            "max_capacity": int(capacity["MaxCapacity"]),
+        }))  # fmt: skip
     return tuple(calls)
 
 
