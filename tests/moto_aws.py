@@ -13,6 +13,10 @@ sagemaker.md §5), the code stays right for AWS and the tests say what moto lack
 - InvokeEndpointAsync never reads the input or writes to S3OutputPath/S3FailurePath: it answers with
   s3://sagemaker-output-<uuid>/response.json or failure.json, taking results from a queue (`queue_results`).
 - Target tracking creates no CloudWatch alarms; DeregisterScalableTarget keeps the policies (AWS deletes them).
+- SageMaker never publishes async notices to SNS in moto: the bulk tests publish SageMaker's JSON themselves.
+
+Every call, including those moto only emulates in part (UpdateEndpoint above), goes through the real boto3
+client, so botocore validates each request's shape against the AWS service model before it is sent.
 """
 
 from __future__ import annotations

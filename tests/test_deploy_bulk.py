@@ -180,3 +180,26 @@ def test_bulk_s3_prefix_follows_sns_through_a_temporary_queue(
     # The queue and both subscriptions are gone.
     assert raw("sqs").list_queues().get("QueueUrls", []) == []
     assert raw("sns").list_subscriptions()["Subscriptions"] == []
+
+
+def test_bulk_an_aws_error_fails_that_file_only(
+    aws: Aws, topics: dict[str, str], tmp_path: Path, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from koe.errors import AwsError
+
+    deploy(aws, topics, notify=False)
+    sources, _ = list_sources(aws, str(clips(tmp_path / "in")))
+    real_invoke = Aws.invoke_endpoint_async
+
+    def throttled_for_b(self: Aws, **kwargs: Any) -> AsyncInvocation:
+        if kwargs["input_location"].endswith("/b.flac"):
+            raise AwsError("sagemaker-runtime invoke_endpoint_async: ThrottlingException: Rate exceeded")
+        return real_invoke(self, **kwargs)
+
+    monkeypatch.setattr(Aws, "invoke_endpoint_async", throttled_for_b)
+    queue_results(aws_env, [(False, "a\n"), (False, "c\n")])
+    result = run_bulk(aws, NAME, sources, output_dir=tmp_path / "out", concurrency=1, timeout_s=30, backoff=FAST,
+                      console=Console(file=io.StringIO()))  # fmt: skip
+    assert sorted(i.path.name for i in result.completed) == ["a.mp3", "c.wav"]
+    [failed] = result.failed
+    assert failed.path.name == "b.flac" and "ThrottlingException" in (failed.error or "") and not result.ok

@@ -195,6 +195,14 @@ def run_bulk(
     accept, attributes = accept_for(fmt), custom_attributes(options or {})
 
     def send(source: Source) -> tuple[str, Invocation]:
+        """Upload (a local file) and invoke; an AWS error fails this file only."""
+        try:
+            return _send(source)
+        except KoeError as exc:
+            return source.name, Invocation(Path(source.name), "-", source.url or str(source.path), "", None,
+                                           state="failed", error=exc.message)  # fmt: skip
+
+    def _send(source: Source) -> tuple[str, Invocation]:
         inference_id = str(uuid.uuid4())
         if source.path is not None:
             location = f"{root}/{inference_id}/{PurePosixPath(source.name).name}"
@@ -236,7 +244,11 @@ def run_bulk(
                 finish(name, done)
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 for name, queued in pool.map(send, todo):
-                    pending[name] = queued
+                    if queued.state == "failed":
+                        result.failed.append(queued)
+                        progress.advance(task)
+                    else:
+                        pending[name] = queued
             if not wait:
                 result.queued = list(pending.values())
                 state.rewrite(pending)
