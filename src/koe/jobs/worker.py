@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from koe.audio import AudioLimits, AudioMemory, MemoryClaim, decode
 from koe.config import Settings
-from koe.errors import JobTimeoutError, KoeError
+from koe.errors import JobTimeoutError, KoeError, StorageFullError
 from koe.formats import CONTENT_TYPES, render
 from koe.jobs.engines import Engines
 from koe.jobs.model import Job, JobErrorInfo, JobStatus
@@ -287,6 +287,9 @@ class WorkerPool:
         except Aborted:
             self._aborted(running)
             return
+        except StorageFullError as exc:
+            self._out_of_space(claim, exc)
+            return
         except KoeError as exc:
             self._failed(claim, exc)
             return
@@ -374,6 +377,18 @@ class WorkerPool:
                 self.store.delete(job.output_location)
         except Exception:
             logger.exception("job %s: cannot discard the output of a lost attempt", job.id)
+
+    def _out_of_space(self, claim: Claim, error: StorageFullError) -> None:
+        """A full disk is a passing condition, not the job's fault: the job goes back to the queue (the attempt
+        counts, so a disk that stays full fails it after `max_attempts`), and this thread waits a little before
+        claiming again. If the database's disk is full too, the release fails and the lease lapses instead."""
+        job = claim.job
+        if job.attempts >= job.max_attempts:
+            self._failed(claim, error)
+            return
+        if self.queue.release(claim, count_attempt=True):
+            logger.warning("job %s: no space left for its output (%s); back in the queue", job.id, error.message)
+        self._halt.wait(self.config.reap_interval_s)
 
     def _failed(self, claim: Claim, error: KoeError) -> None:
         failed = self.queue.fail(claim, error)
