@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from koe.api import schema
 from koe.api.inputs import CUSTOM_ATTRIBUTES_HEADER, body_kind, header_options, read_limited, received_body
 from koe.config import Settings
 from koe.errors import InputError
@@ -65,7 +66,9 @@ def local_endpoint(request: Request) -> LocalEndpoint:
     return endpoint
 
 
-@router.post("", status_code=202, summary="Submit a job: an upload, or an input location")
+@router.post(
+    "", status_code=202, summary="Submit a job: an upload, or an input location", openapi_extra=schema.job_body()
+)
 async def submit_job(request: Request) -> JSONResponse:
     endpoint = local_endpoint(request)
     settings = endpoint.settings

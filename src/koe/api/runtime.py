@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from koe.api import schema
 from koe.api.deps import app_settings, engine_for
 from koe.api.inputs import CUSTOM_ATTRIBUTES_HEADER, accept_format, header_options, received_body
 from koe.api.routing import scoped_errors
@@ -294,6 +295,7 @@ def parse_async_headers(headers: Mapping[str, str], settings: Settings) -> Async
     "/endpoints/{endpoint_name}/invocations",
     summary="InvokeEndpoint: transcribe the request body now (same body rules as /invocations)",
     response_class=Response,
+    openapi_extra=schema.transcribe_body(),
 )
 async def invoke_endpoint(request: Request, endpoint_name: str) -> Response:
     settings = app_settings(request)
@@ -319,6 +321,7 @@ async def invoke_endpoint(request: Request, endpoint_name: str) -> Response:
     summary="InvokeEndpointAsync: queue a transcription of InputLocation; 202 with the output locations",
     status_code=202,
     response_class=JSONResponse,
+    openapi_extra=schema.async_invocation(),
 )
 async def invoke_endpoint_async(request: Request, endpoint_name: str) -> JSONResponse:
     settings = app_settings(request)

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from koe.api import schema
 from koe.api.deps import app_settings, audio_claim, check_health, engine_for, loaded_engine
 from koe.api.inputs import (
     CUSTOM_ATTRIBUTES_HEADER,
@@ -40,7 +41,7 @@ async def ping(request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/invocations", summary="Transcribe the request body")
+@router.post("/invocations", summary="Transcribe the request body", openapi_extra=schema.transcribe_body())
 async def invocations(request: Request) -> Response:
     return await transcribe_request(request)
 
