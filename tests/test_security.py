@@ -306,18 +306,30 @@ def test_async_invocation_headers_either_parse_or_are_refused(headers: dict[str,
 @given(st.binary(max_size=400), st.sampled_from(["koe", "x", "--", "a" * 70]))
 @settings(max_examples=300, deadline=None)
 def test_multipart_bodies_either_parse_or_are_refused(body: bytes, boundary: str) -> None:
-    """Any bytes as a multipart body: an InputError/OptionsError, never another exception."""
+    """Any bytes as a multipart body, bare, after a file part's head, and as a whole well-formed file part: refused
+    with an InputError or OptionsError carrying a message, or parsed into exactly one file whose bytes all reached
+    the sink. A well-formed part whose content does not hold the boundary always parses, to exactly its content."""
     import io
 
-    sink = io.BytesIO()
+    from koe.errors import InputError, OptionsError
+
     prefix = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'.encode()
-    for data in (body, prefix + body, prefix + body + f"\r\n--{boundary}--\r\n".encode()):
+    well_formed = prefix + body + f"\r\n--{boundary}--\r\n".encode()
+    for data in (body, prefix + body, well_formed):
+        sink = io.BytesIO()
         try:
-            reader = MultipartReader(f"multipart/form-data; boundary={boundary}", lambda: sink)
+            reader = MultipartReader(f"multipart/form-data; boundary={boundary}", lambda sink=sink: sink)
             reader.write(data)
             reader.finish()
-        except KoeError:
+        except KoeError as exc:
+            assert isinstance(exc, InputError | OptionsError), type(exc)
+            assert exc.message
+            assert data is not well_formed or f"--{boundary}".encode() in body, (body, exc.message)
             continue
+        assert reader.file_bytes == len(sink.getvalue())
+        assert all(isinstance(value, str) for value in reader.fields.values())
+        if data is well_formed and f"--{boundary}".encode() not in body:
+            assert sink.getvalue() == body and reader.filename == "a" and reader.fields == {}
 
 
 # -- no tracebacks or secrets in responses or logs ----------------------------------------------------------
@@ -1078,3 +1090,64 @@ def test_json_audio_extraction_matches_the_json_parser(tmp_path: Path) -> None:
                 '{"x": {"audio": "QUFB"}}'):  # fmt: skip
         with pytest.raises(InputError):
             run(bad)
+
+
+def _fixture_tree(base: Path) -> tuple[Path, Path]:
+    """A root reached through a symlink, holding symlinks that point in and out, beside an outside tree whose files
+    all say OUTSIDE. Returns (the root as configured: the symlink, the outside folder)."""
+    outside, real = base / "outside", base / "realroot"
+    if not outside.exists():
+        (outside / "deep").mkdir(parents=True)
+        for path in (outside / "secret.txt", outside / "deep" / "key.pem", base / "beside.txt"):
+            path.write_text(f"OUTSIDE {path.name}")
+        (real / "sub").mkdir(parents=True)
+        (real / "inside.wav").write_text("INSIDE inside.wav")
+        (real / "sub" / "x.wav").write_text("INSIDE x.wav")
+        (real / "link_out").symlink_to(outside, target_is_directory=True)
+        (real / "link_up").symlink_to("..", target_is_directory=True)
+        (real / "link_file_out").symlink_to(outside / "secret.txt")
+        (real / "link_in").symlink_to("sub", target_is_directory=True)
+        (real / "sub" / "link_back_out").symlink_to("../../outside", target_is_directory=True)
+        (base / "root").symlink_to(real, target_is_directory=True)
+    return base / "root", outside
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+TREE_PIECES = st.sampled_from(["link_out", "link_up", "link_file_out", "link_in", "link_back_out", "sub", "inside.wav",
+                               "x.wav", "secret.txt", "deep", "key.pem", "..", ".", "%2e%2e", "new.out", "realroot",
+                               "outside", "beside.txt", "root"])  # fmt: skip
+
+
+@given(data=st.data())
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_locations_fuzzed_against_the_file_system(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    """open, write and delete through the store with generated locations over a tree of symlinks (in the root, out
+    of it, a symlinked root itself). The oracle is the file system, not the store's own check: no read ever returns
+    an OUTSIDE file's bytes, and the outside tree (and the file beside the root) is byte-for-byte unchanged after
+    every write and delete, whatever was accepted."""
+    base = tmp_path_factory.getbasetemp() / "tree"
+    root, outside = _fixture_tree(base)
+    store = ObjectStore(FileStore([root]))
+    before = {**_snapshot(outside), "beside": (base / "beside.txt").read_text()}
+    start = data.draw(st.sampled_from([str(root), str(base / "realroot"), str(base), str(outside), "/"]))
+    url = "file://" + start + "/" + "/".join(data.draw(st.lists(TREE_PIECES, min_size=1, max_size=5)))
+    operation = data.draw(st.sampled_from(["open", "write", "delete"]))
+    try:
+        if operation == "open":
+            with store.open(url, 10_000) as fh:
+                assert not fh.read().startswith(b"OUTSIDE"), url
+        elif operation == "write":
+            store.write(url, b"INSIDE written")
+        else:
+            store.delete(url)
+    except KoeError:
+        pass
+    except (IsADirectoryError, NotADirectoryError, PermissionError):
+        pass  # a folder named as an object: the file system said no, and nothing outside changed (checked below)
+    after = {**_snapshot(outside), "beside": (base / "beside.txt").read_text()}
+    assert after == before, (operation, url)
