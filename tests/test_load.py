@@ -36,6 +36,9 @@ RSS_TOLERANCE_MB = 50.0
 move between rounds of 1,000 requests by -13 to +32 MB without a trend (allocator arenas and CTranslate2 /
 onnxruntime buffers; docs/reliability.md); the request path alone, worker off, grew 6 MB over 3,500 requests and
 levelled off. A leak of 50 KB per request fails this; the stress run also bounds the trend over 4,000 requests."""
+PING_P99_LIMIT_S = 0.5
+"""/ping's 99th percentile under the load, asserted. Measured 155-213 ms in four runs on the shared 2-core machine
+(docs/reliability.md); SageMaker's own limit is 2 s, four times this."""
 RSS_SLOPE_MB_PER_1000 = 10.0
 """The stress run: the least-squares slope of idle RSS over rounds of 1,000 requests (a leak of 10 KB/request)."""
 
@@ -199,7 +202,8 @@ def run_load(server: KoeProcess, tmp_path: Path, clip: bytes, submissions: int, 
         "seconds": round(seconds, 1),
     }
     report("load", **figures)
-    assert pinger.percentile(0.99) < 2.0, figures
+    assert pinger.percentile(0.99) < PING_P99_LIMIT_S, figures
+    assert max(pinger.latencies) < 2.0, figures  # SageMaker's health-check limit, never once exceeded
     assert after - before < RSS_TOLERANCE_MB, figures
     if len(rss) >= 4:
         assert slope(rss) < RSS_SLOPE_MB_PER_1000, figures
