@@ -270,14 +270,14 @@ def test_long_audio_is_planned_block_by_block(manifest) -> None:  # type: ignore
     import numpy as np
 
     from koe.audio import SAMPLE_RATE
-    from koe.pipeline import CHUNK_S, VAD_BLOCK_S, Plan, block_cuts
+    from koe.chunking import CHUNK_S, VAD_BLOCK_S, Plan, block_cuts, vad_options
 
     long = next(c for c in manifest if c.path.name == "en_asterisk_prompts_even.opus")
     samples = decode(long.path).samples
     assert len(samples) > 2 * VAD_BLOCK_S * SAMPLE_RATE
     cuts = block_cuts(samples)
     assert cuts[0] == 0 and cuts[-1] == len(samples) and len(cuts) >= 3 and cuts == sorted(cuts)
-    plan = Plan(samples, parse_options({}))
+    plan = Plan(samples, vad_options(parse_options({})))
     chunks = list(plan.chunks())
     assert plan.speech and all(a["end"] <= b["start"] for a, b in zip(plan.speech, plan.speech[1:], strict=False))
     assert all(0 < c.duration <= CHUNK_S for c in chunks)
@@ -285,3 +285,192 @@ def test_long_audio_is_planned_block_by_block(manifest) -> None:  # type: ignore
     assert np.allclose([c.offset for c in chunks], offsets)  # speech time: the chunks back to back
     ends = [c.end for c in chunks]
     assert ends == sorted(ends) and ends[-1] <= len(samples) / SAMPLE_RATE
+
+
+# -- regressions and scheduling rules (issue 12) ------------------------------------------------------
+
+
+def test_a_request_blocked_on_its_full_queue_wakes_when_its_chunk_fails() -> None:
+    """It waited on the `_space` condition, which failing and closing did not notify: it hung forever."""
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher: Batcher[object, object] = Batcher(runner, batch_size=1, max_wait_s=0.0, max_queued_per_request=1)
+    ticket = batcher.open()
+    ticket.submit("k", "bad")  # taken by the scheduler, held at the gate
+    time.sleep(0.05)
+    ticket.submit("k", 1)  # fills this request's queue
+    outcome: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            ticket.submit("k", 2)  # blocks: the queue is full
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    time.sleep(0.05)
+    assert thread.is_alive()
+    runner.gate.set()  # the held chunk fails: its request fails, and the blocked submit must see it
+    thread.join(5)
+    assert not thread.is_alive(), "submit stayed blocked after its request failed"
+    assert isinstance(outcome[0], EngineError) and "cannot decode" in str(outcome[0])
+    batcher.close()
+
+
+def test_a_request_blocked_on_a_full_queue_wakes_when_the_batcher_closes() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher: Batcher[object, object] = Batcher(runner, batch_size=1, max_wait_s=0.0, max_queued_per_request=1)
+    ticket = batcher.open()
+    ticket.submit("k", 1)
+    time.sleep(0.05)
+    ticket.submit("k", 2)
+    outcome: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            ticket.submit("k", 3)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    time.sleep(0.05)
+    threading.Timer(0.1, runner.gate.set).start()
+    batcher.close()
+    thread.join(5)
+    assert not thread.is_alive() and isinstance(outcome[0], EngineError)
+
+
+def test_a_failing_batch_is_split_in_halves_down_to_the_bad_item() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher: Batcher[object, object] = Batcher(runner, batch_size=64, max_wait_s=0.2)
+    tickets = [batcher.open() for _ in range(64)]
+    handles = [t.submit("k", "bad" if i == 37 else i) for i, t in enumerate(tickets)]
+    runner.gate.set()
+    for i, (t, h) in enumerate(zip(tickets, handles, strict=True)):
+        if i == 37:
+            with pytest.raises(EngineError, match="cannot decode"):
+                t.wait(h, timeout=10)
+        else:
+            assert t.wait(h, timeout=10) == i * 10
+    # 1 + 2 per level of halving (64 -> 1 is 6 levels): 13 runs, not 1 + 64.
+    assert len(runner.batches) <= 13
+    assert batcher.stats.failed_items == 1
+    batcher.close()
+
+
+def test_a_requests_batch_size_never_exceeds_the_servers() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher: Batcher[object, object] = Batcher(runner, batch_size=4, max_wait_s=0.05, batch_size_of=lambda key: 256)
+    ticket = batcher.open()
+    handles = [ticket.submit("k", i) for i in range(12)]
+    runner.gate.set()
+    assert [ticket.wait(h, timeout=10) for h in handles] == [i * 10 for i in range(12)]
+    assert batcher.stats.largest_batch <= 4
+    batcher.close()
+
+
+def test_front_items_go_before_the_requests_other_items() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    batcher: Batcher[object, object] = Batcher(runner, batch_size=1, max_wait_s=0.0, max_queued_per_request=8)
+    ticket = batcher.open()
+    first = ticket.submit("k", 0)
+    time.sleep(0.05)  # taken and held
+    handles = [ticket.submit("k", i) for i in (1, 2, 3)]
+    urgent = ticket.submit("k", 99, front=True)
+    runner.gate.set()
+    ticket.wait(urgent, timeout=10)
+    for h in [first, *handles]:
+        ticket.wait(h, timeout=10)
+    order = [p for _, payloads in runner.batches for p in payloads]
+    assert order[:2] == [0, 99]
+
+
+def test_announced_items_are_waited_for_and_unannounced_ones_are_not() -> None:
+    runner = FakeRunner()
+    batcher: Batcher[object, object] = Batcher(runner, batch_size=4, max_wait_s=0.0, fill_wait_s=1.0)
+    ticket = batcher.open()
+    ticket.expect(4)
+    handles = [ticket.submit("k", 0)]
+    time.sleep(0.1)  # the scheduler waits: three more are announced
+    handles += [ticket.submit("k", i) for i in (1, 2, 3)]
+    assert [ticket.wait(h, timeout=10) for h in handles] == [0, 10, 20, 30]
+    assert [len(p) for _, p in runner.batches] == [4]
+    other = batcher.open()  # nothing announced: runs at once, alone
+    started = time.monotonic()
+    other.wait(other.submit("k", 5), timeout=10)
+    assert time.monotonic() - started < 0.5
+    batcher.close()
+
+
+# -- no wasted work, no lost text (issue 12) -----------------------------------------------------------
+
+
+def test_text_only_decoding_keeps_the_words_and_spans_the_chunks(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+    clip = _clip(manifest, "librivox_shakespeare_sonnet_1.mp3")
+    audio = decode(clip.path)
+    timed = engine.transcribe(audio, parse_options({"mode": "batched"}))
+    text_only = engine.transcribe(audio, parse_options({"mode": "batched", "timestamps": False}))
+    assert wer(clip.reference, text_only.text) <= wer(clip.reference, timed.text) + 0.05
+    assert wer(clip.reference, text_only.text) <= 0.25
+    assert len(text_only.segments) < len(timed.segments)  # one segment per chunk, not per phrase
+    ends = [s.end for s in text_only.segments]
+    assert ends == sorted(ends) and text_only.segments[0].start >= 0 and ends[-1] <= audio.duration + 0.01
+    # No timestamp tokens were decoded.
+    timestamp_begin = 50363  # tiny.en's <|0.00|>
+    assert all(t < timestamp_begin for s in text_only.segments for t in s.tokens)
+
+
+class _Truncated:
+    """A generation result cut to its first `keep` tokens (a model that stopped early)."""
+
+    def __init__(self, result, keep: float) -> None:  # type: ignore[no-untyped-def]
+        ids = list(result.sequences_ids[0])
+        self.sequences_ids = [ids[: max(1, int(len(ids) * keep))]]
+        self.scores = result.scores
+        self.no_speech_prob = result.no_speech_prob
+
+
+def test_a_text_only_chunk_that_stops_early_is_decoded_to_its_end(engine, manifest, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The recipe's `without_timestamps=True` loses the rest of a window when the model ends it early; koe
+    finds the text too short for the speech, locates where it stops, and decodes the rest."""
+    from koe.runner import WhisperRunner
+
+    clip = _clip(manifest, "librivox_shakespeare_sonnet_2.mp3")
+    audio = decode(clip.path)
+    real = WhisperRunner._generate
+    calls: list[int] = []
+
+    def stops_early(self, key, payloads, encoder_output):  # type: ignore[no-untyped-def]
+        results = real(self, key, payloads, encoder_output)
+        calls.append(len(payloads))
+        if len(calls) == 1:  # the first batch: every chunk ends after 40% of its text
+            return [_Truncated(r, 0.4) for r in results]
+        return results
+
+    monkeypatch.setattr(WhisperRunner, "_generate", stops_early)
+    batcher = make_batcher(engine.model, batch_size=4)
+    try:
+        result = transcribe_batched(engine.model, batcher, audio.samples, parse_options({"timestamps": False}))
+    finally:
+        batcher.close()
+    text = " ".join(s.text for s in result.segments)
+    assert len(calls) >= 2  # the lost tails were decoded again
+    assert wer(clip.reference, text) <= 0.3, text
+    assert "cold" in text.lower()  # the sonnet's last word
+
+
+def test_language_is_found_in_the_first_decodes_encoder_pass(base_engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+    batcher = make_batcher(base_engine.model, batch_size=4)
+    try:
+        result = transcribe_batched(base_engine.model, batcher, decode(jfk).samples, parse_options({}))
+        assert result.language == "en" and result.language_probability > 0.5
+        assert batcher.stats.batches == 1  # one encode + generate: no separate detection round trip
+        assert "ask not what your country" in " ".join(s.text for s in result.segments).lower()
+    finally:
+        batcher.close()

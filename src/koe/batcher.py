@@ -10,13 +10,18 @@ in-flight requests.
   CTranslate2 applies to a whole batch; per-item settings such as the language ride in the item).
 - **Fairness**: a batch takes items round-robin across the requests that have items of its key, and the
   next batch starts with the next request, so a long file never starves short requests.
-- **Waiting**: the scheduler waits at most `max_wait_s` after the oldest queued item arrived to fill a batch.
+- **Waiting**: the scheduler waits at most `max_wait_s` after the oldest queued item arrived to fill a batch,
+  and up to `fill_wait_s` while requests have announced items (`Ticket.expect`) that are not queued yet: a
+  batch that would run part-empty waits only for items known to be coming.
 - **Back-pressure**: `Ticket.submit` blocks while the queue holds `max_queued` items, or while its own
   request already has `max_queued_per_request` queued, so memory stays bounded under load.
-- **Isolation**: if a batch fails, its items are run again one by one; an item that fails alone fails only
-  its own request, whose queued items are then dropped.
+- **Isolation**: if a batch fails, it is split in halves and each half runs again, down to the failing item
+  (a batch of 64 with one bad item costs about 12 runs, not 64); an item that fails alone fails only its own
+  request, whose queued items are then dropped.
+- **Ceiling**: a key may ask for smaller batches (a request's `batch_size`), never larger than the batcher's.
 - **Re-queueing**: the runner may answer `Requeue(new_key)` for an item (e.g. a temperature fallback); the
   item goes back to the front of its request's queue under the new key and is batched again with others.
+  `submit(..., front=True)` queues an item ahead of its request's others (a continuation its result awaits).
 
 The batcher knows nothing about Whisper: `koe.pipeline` supplies the keys, items and the runner.
 """
@@ -108,6 +113,7 @@ class Ticket(Generic[P, R]):
         self._next = 0
         self._error: BaseException | None = None
         self._closed = False
+        self._expected = 0  # items announced by `expect` and not submitted yet (guarded by the batcher's lock)
         self._cond = threading.Condition()
 
     def __enter__(self) -> Ticket[P, R]:
@@ -120,12 +126,18 @@ class Ticket(Generic[P, R]):
     def error(self) -> BaseException | None:
         return self._error
 
-    def submit(self, key: Hashable, payload: P, timeout: float | None = None) -> int:
-        """Queue one item (blocking while the queue is full) and return its index for `wait`/`poll`."""
+    def submit(self, key: Hashable, payload: P, timeout: float | None = None, *, front: bool = False) -> int:
+        """Queue one item (blocking while the queue is full) and return its index for `wait`/`poll`.
+        `front`: ahead of this request's other queued items."""
         index = self._next
         self._next += 1
-        self._batcher._put(self, index, key, payload, timeout)
+        self._batcher._put(self, index, key, payload, timeout, front)
         return index
+
+    def expect(self, count: int) -> None:
+        """Announce that about `count` more items will come (0: no more), so part-empty batches wait for
+        them a little (`fill_wait_s`) instead of running at once."""
+        self._batcher._expect(self, count)
 
     def wait(self, index: int, timeout: float | None = None) -> R:
         """The result of item `index`, waiting for it; raises the request's error if it failed."""
@@ -184,6 +196,7 @@ class Batcher(Generic[P, R]):
         *,
         batch_size: int = 16,
         max_wait_s: float = 0.005,
+        fill_wait_s: float = 0.05,
         max_queued: int | None = None,
         max_queued_per_request: int | None = None,
         batch_size_of: BatchSizeOf | None = None,
@@ -196,6 +209,7 @@ class Batcher(Generic[P, R]):
         self.runner = runner
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        self.fill_wait_s = fill_wait_s
         self.max_queued = max_queued or max(8 * batch_size, 64)
         self.max_queued_per_request = max_queued_per_request or max(2 * batch_size, 2)
         self._batch_size_of = batch_size_of
@@ -206,6 +220,7 @@ class Batcher(Generic[P, R]):
         self._space = threading.Condition(mutex)  # room in the queue
         self._rotation: deque[Ticket[P, R]] = deque()  # requests with queued items, in serving order
         self._queued = 0
+        self._expected = 0  # announced items of all requests, not queued yet
         self._ids = itertools.count(1)
         self._stopped = False
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)]
@@ -235,14 +250,16 @@ class Batcher(Generic[P, R]):
                 self._queued -= len(ticket._queue)
                 ticket._queue.clear()
             self._rotation.clear()
-            self._lock.notify_all()
+            self._wake()
         for ticket in tickets:
             ticket._fail(EngineError("the engine was closed before this request finished"))
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
-    def _put(self, ticket: Ticket[P, R], index: int, key: Hashable, payload: P, timeout: float | None) -> None:
+    def _put(
+        self, ticket: Ticket[P, R], index: int, key: Hashable, payload: P, timeout: float | None, front: bool
+    ) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
@@ -259,7 +276,16 @@ class Batcher(Generic[P, R]):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError("the batcher's queue stayed full")
                 self._space.wait(remaining)
-            self._enqueue(_Item(ticket, index, key, payload, time.monotonic()))
+            if ticket._expected:
+                ticket._expected -= 1
+                self._expected -= 1
+            self._enqueue(_Item(ticket, index, key, payload, time.monotonic()), front)
+
+    def _expect(self, ticket: Ticket[P, R], count: int) -> None:
+        with self._lock:
+            self._expected += max(0, count) - ticket._expected
+            ticket._expected = max(0, count)
+            self._lock.notify_all()
 
     def _enqueue(self, item: _Item[P], front: bool = False) -> None:
         ticket = item.ticket
@@ -276,10 +302,18 @@ class Batcher(Generic[P, R]):
         with self._lock:
             ticket._closed = True
             self._queued -= len(ticket._queue)
+            self._expected -= ticket._expected
+            ticket._expected = 0
             ticket._queue.clear()
             if ticket in self._rotation:
                 self._rotation.remove(ticket)
-            self._lock.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the scheduler AND the requests blocked on a full queue (they wait on `_space`; a request
+        whose ticket just failed or closed must see it, not wait forever). Call with the lock held."""
+        self._lock.notify_all()
+        self._space.notify_all()
 
     # -- the scheduler side ------------------------------------------------------------------------
 
@@ -309,14 +343,15 @@ class Batcher(Generic[P, R]):
                 limit = self._limit(key)
                 available = sum(1 for t in self._rotation for it in t._queue if it.key == key)
                 oldest = min(t._queue[0].queued_at for t in self._rotation)
-                remaining = oldest + self.max_wait_s - time.monotonic()
+                wait = self.fill_wait_s if self._expected > 0 else self.max_wait_s
+                remaining = oldest + wait - time.monotonic()
                 if available >= limit or remaining <= 0:
                     return self._pick(key, limit)
                 self._lock.wait(remaining)
 
     def _limit(self, key: Hashable) -> int:
         size = self._batch_size_of(key) if self._batch_size_of else None
-        return size or self.batch_size
+        return min(size or self.batch_size, self.batch_size)  # the batcher's size is the ceiling
 
     def _pick(self, key: Hashable, limit: int) -> list[_Item[P]]:
         batch: list[_Item[P]] = []
@@ -357,9 +392,10 @@ class Batcher(Generic[P, R]):
             if len(batch) == 1:
                 self._answer(batch[0], exc)
                 return
-            logger.warning("batch of %d failed (%s); running its items one by one", len(batch), exc)
-            for item in batch:
-                self._run([item])
+            logger.warning("batch of %d failed (%s); running it again in halves", len(batch), exc)
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
             return
         self._record(key, batch, time.perf_counter() - started, ok=True)
         for item, answer in zip(batch, answers, strict=True):
@@ -390,8 +426,8 @@ class Batcher(Generic[P, R]):
             wrapped = EngineError(f"transcription failed: {error}")
             wrapped.__cause__ = error
             error = wrapped
+        ticket._fail(error)  # first, so a request blocked in `submit` wakes to its own error
         self._drop(ticket)
-        ticket._fail(error)
 
     def _record(self, key: Hashable, batch: list[_Item[P]], seconds: float, ok: bool) -> None:
         ids = tuple(it.ticket.id for it in batch)

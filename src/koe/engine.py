@@ -7,7 +7,6 @@ model's `num_workers` replicas.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,11 +25,13 @@ from koe.config import Settings, default_cache_dir
 from koe.errors import EngineError, ModelUnavailableError, OptionsError
 from koe.models import resolve
 from koe.options import TranscribeOptions
-from koe.pipeline import Answer, BatchedResult, ChunkJob, make_batcher, transcribe_batched
+from koe.pipeline import BatchedResult, make_batcher, transcribe_batched
+from koe.runner import ChunkJob, ChunkResult
 from koe.transcript import Segment, Transcript, Word
 
 logger = logging.getLogger("koe.engine")
 
+SEQUENTIAL_MIN_SILENCE_MS = 2000  # faster-whisper's own default for its sequential path
 CPU_BATCH_SIZE = 4
 """Largest batch the cross-request batcher forms on a CPU (a request's own `batch_size` option overrides)."""
 
@@ -94,7 +95,9 @@ class Engine:
         # Issue 18 hook: set (to CUDA's message) once a fatal, sticky CUDA error is seen; the CUDA context is
         # then unusable, so the SageMaker /ping answers 503 and SageMaker replaces the instance.
         self.failed: str | None = None
-        self._batcher: Batcher[ChunkJob, Answer] | None = None
+        self._batcher: Batcher[ChunkJob, ChunkResult] | None = None
+        # Benchmark only: fixed-length decoding of random-weight models (`max_new_tokens`, `suppress_eot`).
+        self.bench_decoding: dict[str, Any] = {}
         self._batcher_lock = threading.Lock()
 
     @classmethod
@@ -177,8 +180,8 @@ class Engine:
         mode = self.resolve_mode(options)
         try:
             if mode == "batched":
-                segments, info = self._batched(audio, options, progress)
-                result = _collect(segments, audio.duration, None)  # progress was reported chunk by chunk
+                info = self._batched(audio, options, progress)  # progress is reported chunk by chunk
+                result = info.segments
             else:
                 segments, info = self._sequential(audio, options)
                 result = _collect(segments, audio.duration, progress)
@@ -242,7 +245,7 @@ class Engine:
         return segments, info
 
     @property
-    def batcher(self) -> Batcher[ChunkJob, Answer]:
+    def batcher(self) -> Batcher[ChunkJob, ChunkResult]:
         """The cross-request batcher of this model (started on first use): every batched request of every
         thread shares its batches."""
         with self._batcher_lock:
@@ -258,11 +261,8 @@ class Engine:
                 self._batcher = make_batcher(self.model, size)
             return self._batcher
 
-    def _batched(
-        self, audio: Audio, options: TranscribeOptions, progress: Progress | None = None
-    ) -> tuple[Iterable[FwSegment], BatchedResult]:
-        result = transcribe_batched(self.model, self.batcher, audio.samples, options, progress)
-        return result.segments, result
+    def _batched(self, audio: Audio, options: TranscribeOptions, progress: Progress | None = None) -> BatchedResult:
+        return transcribe_batched(self.model, self.batcher, audio.samples, options, progress, **self.bench_decoding)
 
     def close(self) -> None:
         """Release the model (its GPU or CPU memory goes when the last reference does)."""
@@ -273,16 +273,13 @@ class Engine:
         self.model.model.unload_model()
 
 
-def fixed_windows(duration: float, length: float = 30.0) -> list[dict[str, float]]:
-    starts = range(0, max(1, math.ceil(duration / length)))
-    return [{"start": i * length, "end": min((i + 1) * length, duration)} for i in starts]
-
-
 def vad_parameters(options: TranscribeOptions) -> VadOptions:
     return VadOptions(
         threshold=options.vad_threshold,
         min_speech_duration_ms=options.vad_min_speech_ms,
-        min_silence_duration_ms=options.vad_min_silence_ms,
+        min_silence_duration_ms=SEQUENTIAL_MIN_SILENCE_MS
+        if options.vad_min_silence_ms is None
+        else options.vad_min_silence_ms,
         speech_pad_ms=options.vad_speech_pad_ms,
     )
 

@@ -39,7 +39,18 @@ class TranscribeOptions(BaseModel):
     vad: bool = True
     vad_threshold: float = Field(0.5, gt=0, lt=1)
     vad_min_speech_ms: int = Field(0, ge=0, le=60_000)
-    vad_min_silence_ms: int = Field(2000, ge=0, le=60_000)
+    vad_min_silence_ms: int | None = Field(
+        None,
+        ge=0,
+        le=60_000,
+        description="Pauses shorter than this stay inside one speech span. None: 160 ms when chunks are batched "
+        "(short spans pack 30 s chunks full, as faster-whisper's batched pipeline does), 2000 ms sequentially.",
+    )
+    timestamps: bool | None = Field(
+        None,
+        description="Decode timestamp tokens. None: decided by the output format (text and json need none, so "
+        "the faster text-only decoding is used; segments then span whole chunks). Word timestamps imply it.",
+    )
     vad_speech_pad_ms: int = Field(400, ge=0, le=10_000)
     word_timestamps: bool = False
     initial_prompt: str | None = Field(None, max_length=2000)
