@@ -2,8 +2,9 @@
 
 Debian's `chromium` + `chromium-driver` packages, driven by Selenium (no browser download). `make test`
 installs them (the Makefile's `browser` step); when they are missing and cannot be installed here, the browser
-tests skip with the reason. The server is `python -m koe serve` in a subprocess with a temporary KOE_DATA_DIR,
-the bundled tiny.en model and an API key, so the page's key prompt is exercised too.
+tests skip with the reason, except in CI (the `CI` variable set, as every CI service does): there they fail, so a
+CI run cannot go green without having driven the page. The server is `python -m koe serve` in a subprocess with a
+temporary KOE_DATA_DIR, the bundled tiny.en model and an API key, so the page's key prompt is exercised too.
 
 Set KOE_WEB_SCREENSHOT=docs/screenshot.png to save the README's screenshot from this run.
 """
@@ -18,9 +19,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import pytest
@@ -138,6 +139,24 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.wait()
 
 
+def no_browser(why: str, environ: Mapping[str, str]) -> NoReturn:
+    """Skip the browser tests, saying why; in CI fail them instead (a skipped page test is an untested page)."""
+    message = f"no headless Chromium for the web page tests: {why}"
+    if environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{message} (CI is set: the page must be tested here; install chromium + chromium-driver)")
+    pytest.skip(message)
+
+
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere() -> None:
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        no_browser("not installed", {"CI": "true"})
+    with pytest.raises(pytest.fail.Exception):
+        no_browser("not installed", {"CI": "1"})
+    for environ in ({}, {"CI": ""}, {"CI": "false"}):
+        with pytest.raises(pytest.skip.Exception, match="not installed"):
+            no_browser("not installed", environ)
+
+
 @pytest.fixture(scope="module")
 def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("web-downloads")
@@ -147,7 +166,7 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[Any]:
     why = _install_browser()
     if why:
-        pytest.skip(f"no headless Chromium for the web page tests: {why}")
+        no_browser(why, os.environ)
     paths = _browser_paths()
     assert paths
     from selenium import webdriver
