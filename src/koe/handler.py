@@ -35,7 +35,7 @@ from koe.audio import Audio, AudioLimits, decode
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, error_body, http_status
-from koe.formats import CONTENT_TYPES, Format, render
+from koe.formats import CONTENT_TYPES, Format, fit_options, render
 from koe.options import TranscribeOptions
 from koe.transcript import Transcript
 
@@ -86,7 +86,8 @@ def predict_fn(data: Any, model: Engine, context: Any = None) -> Any:
         return data
     try:
         model.check(data.options)
-        return Prediction(model.transcribe(data.audio, data.options), data.fmt)
+        options = fit_options(data.options, [data.fmt]) if data.fmt else data.options
+        return Prediction(model.transcribe(data.audio, options), data.fmt)
     except KoeError as exc:
         return _fail(exc, context)
     except Exception as exc:

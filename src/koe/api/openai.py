@@ -58,7 +58,7 @@ from koe.errors import (
     error_headers,
     http_status,
 )
-from koe.formats import CONTENT_TYPES, render, speakers, verbose_dict
+from koe.formats import CONTENT_TYPES, fit_options, render, speakers, verbose_dict
 from koe.jobs.endpoint import LocalEndpoint
 from koe.models import list_models as koe_models
 from koe.options import DEFAULT_TEMPERATURES, TranscribeOptions, parse_options
@@ -197,7 +197,8 @@ def parse_fields(fields: Mapping[str, str], task: Task) -> AudioRequest:
         mapped["word_timestamps"] = True
     for name in sorted(set(mapped) & set(rest)):
         raise OptionsError(f"{name}: set by this route's own fields; don't send it as a koe option too")
-    return AudioRequest(model, fmt, stream, granularities, parse_options({**rest, **mapped}))
+    options = fit_options(parse_options({**rest, **mapped}), [fmt])
+    return AudioRequest(model, fmt, stream, granularities, options)
 
 
 def parse_bool(name: str, value: str) -> bool:

@@ -63,7 +63,7 @@ from koe.errors import (
     error_body,
     http_status,
 )
-from koe.formats import Format
+from koe.formats import Format, fit_options
 from koe.jobs.endpoint import LocalEndpoint
 from koe.options import TranscribeOptions, parse_options
 from koe.storage import file_location
@@ -274,7 +274,7 @@ def parse_async_headers(headers: Mapping[str, str], settings: Settings) -> Async
     if problems:
         raise validation_error(problems)
     fmt = accept_format(accept)
-    options = parse_options(header_options(attributes))
+    options = fit_options(parse_options(header_options(attributes)), [fmt])
     return AsyncInvocation(
         input_location=location,
         content_type=content_type,

@@ -26,7 +26,7 @@ from koe.api.inputs import (
 )
 from koe.audio import AudioLimits, decode
 from koe.errors import ModelUnavailableError
-from koe.formats import CONTENT_TYPES, render
+from koe.formats import CONTENT_TYPES, fit_options, render
 
 router = APIRouter(tags=["sagemaker"])
 
@@ -59,7 +59,7 @@ async def transcribe_request(request: Request, max_bytes: int | None = None) -> 
     spool = received_body(request, max_bytes=limit, spool_dir=settings.spool_dir)
     with audio_claim(request) as memory:
         async with spool as body:
-            options = merge_options(attributes, body.fields)
+            options = fit_options(merge_options(attributes, body.fields), [fmt])
             engine.check(options)
             audio = await run_in_threadpool(decode, body.audio, limits, memory=memory)
         transcript = await run_in_threadpool(engine.transcribe, audio, options)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from koe.audio import AudioLimits, AudioMemory, MemoryClaim, decode
 from koe.config import Settings
 from koe.errors import JobTimeoutError, KoeError, StorageFullError
-from koe.formats import CONTENT_TYPES, render
+from koe.formats import CONTENT_TYPES, fit_options, render
 from koe.jobs.engines import Engines
 from koe.jobs.model import Job, JobErrorInfo, JobStatus
 from koe.jobs.notify import Notifier
@@ -337,7 +337,7 @@ class WorkerPool:
             if running.reason:
                 raise Aborted(running.reason)
             engine.check(job.options)
-            return engine.transcribe(audio, job.options, progress=progress)
+            return engine.transcribe(audio, fit_options(job.options, [job.format]), progress=progress)
 
     def _flush(self, running: Running) -> None:
         """Renew the lease and record progress; abort the job if the deadline passed or the lease is gone."""
