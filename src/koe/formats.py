@@ -7,16 +7,27 @@ fields in verbose_json, and RTTM (the NIST diarization scoring format) lines per
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal, get_args
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from koe.errors import NotAcceptableError, OptionsError
+from koe.options import TranscribeOptions
 from koe.transcript import Transcript, Word, join_text
 
 Format = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv", "rttm"]
 FORMATS: tuple[str, ...] = get_args(Format)
+TIMELESS: frozenset[str] = frozenset({"text", "json"})  # formats that show no timestamps
+
+
+def fit_options(options: TranscribeOptions, formats: Iterable[str]) -> TranscribeOptions:
+    """The options for output in `formats`: timestamp tokens are decoded only when a format shows times
+    (text and json don't), unless the request decided it (`timestamps`, word timings, speaker labels)."""
+    if options.timestamps is not None or options.word_timestamps or options.diarize:
+        return options
+    return options.model_copy(update={"timestamps": any(f not in TIMELESS for f in formats)})
+
 
 CONTENT_TYPES: dict[str, str] = {
     "text": "text/plain; charset=utf-8",
@@ -111,7 +122,10 @@ def _turns(t: Transcript) -> list[tuple[str, str]]:
 
 
 def write_json(t: Transcript) -> str:
-    return json.dumps({"text": t.text}, ensure_ascii=False)
+    body: dict[str, object] = {"text": t.text}
+    if t.warnings:  # only when there are some: OpenAI's json format is {"text": ...}
+        body["warnings"] = t.warnings
+    return json.dumps(body, ensure_ascii=False)
 
 
 def verbose_dict(t: Transcript) -> dict[str, object]:
@@ -122,6 +136,8 @@ def verbose_dict(t: Transcript) -> dict[str, object]:
         "text": t.text,
         "segments": [s.model_dump(exclude={"words"}, exclude_none=True) for s in t.segments],
     }
+    if t.warnings:
+        body["warnings"] = t.warnings
     words = t.words
     if words:
         body["words"] = [_word(w) for w in words]

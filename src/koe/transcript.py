@@ -37,6 +37,11 @@ class Transcript(BaseModel):
     duration: float
     task: str = "transcribe"
     segments: list[Segment] = Field(default_factory=list)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the reader should know about this text, e.g. a language the model "
+        "cannot do (koe.hallucination).",
+    )
 
     @property
     def words(self) -> list[Word]:

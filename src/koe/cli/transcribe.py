@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +17,7 @@ from koe.audio import AudioLimits, decode
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError
-from koe.formats import EXTENSIONS, check_format, render
+from koe.formats import EXTENSIONS, check_format, fit_options, render
 from koe.options import TranscribeOptions, parse_options
 from koe.transcript import Transcript
 
@@ -30,6 +30,7 @@ class Outcome:
     duration: float = 0.0
     wall: float = 0.0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def register(app: typer.Typer) -> None:
@@ -108,8 +109,11 @@ def _run_all(
                 audio = decode(path, limits)
                 outcome.duration = audio.duration
                 bar.update(task, total=audio.duration)
-                transcript = engine.transcribe(audio, options, progress=_updater(bar, task))
+                transcript = engine.transcribe(audio, fit_options(options, formats), progress=_updater(bar, task))
                 _emit(transcript, path, formats, output_dir)
+                outcome.warnings = transcript.warnings
+                for warning in transcript.warnings:
+                    err.print(f"[yellow]{path}: warning:[/yellow] {warning}")
             except KoeError as exc:
                 outcome.error = exc.message
                 err.print(f"[red]{path}:[/red] {exc.message}")
@@ -140,5 +144,13 @@ def _summary(outcomes: list[Outcome]) -> None:
     table = Table("file", "duration", "wall time", "x real time", "result")
     for o in outcomes:
         speed = f"{o.duration / o.wall:.1f}x" if o.wall and o.duration else "-"
-        table.add_row(str(o.file), f"{o.duration:.1f} s", f"{o.wall:.2f} s", speed, o.error or "ok")
+        table.add_row(str(o.file), f"{o.duration:.1f} s", f"{o.wall:.2f} s", speed, _result(o))
     err.print(table)
+
+
+def _result(outcome: Outcome) -> str:
+    if outcome.error:
+        return outcome.error
+    if outcome.warnings:  # the text is there but likely wrong: not "ok"
+        return "[yellow]warning:[/yellow] " + "; ".join(outcome.warnings)
+    return "ok"
