@@ -128,6 +128,7 @@ def koe_env(data_dir: Path, **settings: Any) -> dict[str, str]:
     base = {
         "data_dir": data_dir, "model": "tiny.en", "device": "cpu", "cpu_threads": 1, "poll_s": 0.2,
         "heartbeat_s": 0.5, "reap_interval_s": 0.5, "model_idle_s": 60,
+        "worker_concurrency": 1,  # these tests count jobs one slot at a time (the default follows the batch)
     }  # fmt: skip
     for name, value in {**base, **settings}.items():
         env[f"KOE_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)

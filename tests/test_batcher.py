@@ -474,3 +474,13 @@ def test_language_is_found_in_the_first_decodes_encoder_pass(base_engine, jfk: P
         assert "ask not what your country" in " ".join(s.text for s in result.segments).lower()
     finally:
         batcher.close()
+
+
+def test_job_slots_follow_the_batch_size_unless_set() -> None:
+    from koe.config import Settings
+    from koe.engine import CPU_BATCH_SIZE, job_slots
+
+    assert job_slots(Settings(device="cpu", batch_size=16)) == CPU_BATCH_SIZE  # a CPU batch holds 4
+    assert job_slots(Settings(device="cpu", batch_size=2)) == 2
+    assert job_slots(Settings(device="cuda", batch_size=32)) == 32  # a GPU batch: as many jobs as it holds
+    assert job_slots(Settings(device="cpu", worker_concurrency=1)) == 1

@@ -204,7 +204,7 @@ def _verify_resources(raw: Raw, spec: DeploySpec, topics: dict[str, str]) -> Non
         }
     ]  # fmt: skip
     assert config["AsyncInferenceConfig"] == {
-        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
+        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 8},
         "OutputConfig": {
             "S3OutputPath": f"s3://{BUCKET}/koe/{NAME}/output",
             "S3FailurePath": f"s3://{BUCKET}/koe/{NAME}/failure",

@@ -36,7 +36,7 @@ def spec(**changes: Any) -> DeploySpec:
         ({"role_arn": "r"}, "role_arn"),
         ({"bucket": "Bad Bucket"}, "bucket"),
         ({"max_instances": 0}, "max_instances"),
-        ({"max_concurrent_invocations": 0}, "max_concurrent_invocations"),
+        ({"max_concurrent_invocations": -1}, "max_concurrent_invocations"),
         ({"ami_version": "al2-ami-sagemaker-inference-neuron-2"}, "ami_version"),
         ({"startup_timeout_s": 30}, "startup_timeout_s"),
         ({"success_topic": "arn:aws:sqs:us-east-1:123456789012:q"}, "success_topic"),

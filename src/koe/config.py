@@ -79,7 +79,13 @@ class Settings(BaseSettings):
         "KOE_JOBS_ENABLED is set; the SageMaker container leaves it off (SageMaker has its own queue).",
     )
     endpoint_name: str = Field("local", description="Endpoint name in notifications and metrics.")
-    worker_concurrency: int = Field(1, ge=0, le=64, description="Jobs one worker pool runs at once (0: none).")
+    worker_concurrency: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="Jobs one worker pool runs at once (0: none). None: as many as one batch holds (batch_size on "
+        "a GPU, 4 on a CPU), so that queued jobs share the model's batches.",
+    )
     model_idle_s: float = Field(300.0, ge=0, description="Unload the model after this long idle (0: never).")
     lease_s: float = Field(30.0, gt=0, description="A claimed job returns to the queue if not renewed this long.")
     heartbeat_s: float = Field(5.0, gt=0, description="How often a worker renews its leases.")

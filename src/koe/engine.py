@@ -55,6 +55,20 @@ class Placement:
         return cls(device, compute_type)
 
 
+def batch_limit(settings: Settings, placement: Placement | None = None) -> int:
+    """The largest batch the model's batcher forms: the setting on a GPU, at most `CPU_BATCH_SIZE` on a CPU."""
+    placement = placement or Placement.choose(settings.device, settings.compute_type)
+    return settings.batch_size if placement.device == "cuda" else min(settings.batch_size, CPU_BATCH_SIZE)
+
+
+def job_slots(settings: Settings) -> int:
+    """Jobs a worker pool runs at once: the setting, or by default as many as one batch holds (each job's
+    chunks join the same batches; one job at a time would leave most of every batch empty)."""
+    if settings.worker_concurrency is not None:
+        return settings.worker_concurrency
+    return batch_limit(settings)
+
+
 def cuda_available() -> bool:
     try:
         return int(ctranslate2.get_cuda_device_count()) > 0

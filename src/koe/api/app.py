@@ -87,6 +87,10 @@ def _lifespan(factory: EngineFactory) -> Callable[[FastAPI], AbstractAsyncContex
         # The local endpoint (settings.jobs_enabled: `koe serve`) loads models on demand and unloads them
         # when idle; otherwise the model loads now, for /ping.
         local = app.state.settings.jobs_enabled
+        # Each synchronous request holds a thread while its chunks wait in the batcher: enough threads for
+        # two full batches, so a batch's worth of clients never waits for a thread (anyio's default is 40).
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, 2 * app.state.settings.batch_size + 8)
         if local:
             await jobs.start_jobs(app, factory)
         loading = None if local else asyncio.create_task(_load_engine(app, factory))

@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from koe.api import schema
 from koe.api.inputs import CUSTOM_ATTRIBUTES_HEADER, body_kind, header_options, read_limited, received_body
 from koe.config import Settings
+from koe.engine import job_slots
 from koe.errors import InputError
 from koe.jobs.endpoint import LocalEndpoint
 from koe.jobs.model import Job
@@ -212,7 +213,7 @@ async def start_jobs(app: FastAPI, load_model: Callable[[Settings], Engine]) -> 
     _chain_signals(endpoint)
     logger.info(
         "local endpoint: data in %s, %d job slot(s), model %s loads on demand",
-        settings.data_dir, settings.worker_concurrency, settings.model,
+        settings.data_dir, job_slots(settings), settings.model,
     )  # fmt: skip
     return endpoint
 

@@ -178,7 +178,7 @@ def deploy_command(
         spec = DeploySpec(
             name=name, image_uri=image, model=model, role_arn=role, bucket=bucket, prefix=prefix or "",
             instance_type=instance_type, max_instances=max_instances, min_instances=min_instances,
-            max_concurrent_invocations=4 if max_concurrent is None else max_concurrent,
+            max_concurrent_invocations=max_concurrent or 0,  # 0: one batch of requests (the spec's default)
             invocation_timeout_s=invocation_timeout, throughput=throughput, kms_key=kms_key,
             success_topic=success_topic, error_topic=error_topic,
             target_backlog_per_instance=5.0 if target_backlog is None else target_backlog,

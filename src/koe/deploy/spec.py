@@ -107,7 +107,7 @@ class DeploySpec:
     instance_type: str = DEFAULT_INSTANCE_TYPE
     max_instances: int = 1
     min_instances: int = 0
-    max_concurrent_invocations: int = 4
+    max_concurrent_invocations: int = 0  # 0: the batch size (16 by default), so one batch of requests shares it
     success_topic: str | None = None
     error_topic: str | None = None
     target_backlog_per_instance: float = 5.0
@@ -129,6 +129,8 @@ class DeploySpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", (self.prefix or f"koe/{self.name}").strip("/"))
+        if not self.max_concurrent_invocations:
+            object.__setattr__(self, "max_concurrent_invocations", self.batch_size or 16)
         check_name(self.name)
         _check(bool(self.image_uri), "image_uri", "is required (koe image --push prints one)")
         _check(bool(self.model), "model", "is required")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from koe.audio import AudioLimits, AudioMemory, MemoryClaim, decode
 from koe.config import Settings
+from koe.engine import job_slots
 from koe.errors import JobTimeoutError, KoeError, StorageFullError
 from koe.formats import CONTENT_TYPES, fit_options, render
 from koe.jobs.engines import Engines
@@ -68,7 +69,7 @@ class WorkerConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerConfig:
         return cls(
-            concurrency=settings.worker_concurrency,
+            concurrency=job_slots(settings),
             lease_s=settings.lease_s,
             heartbeat_s=min(settings.heartbeat_s, settings.lease_s / 3),
             poll_s=settings.poll_s,
