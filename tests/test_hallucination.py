@@ -240,3 +240,29 @@ def test_tiny_en_does_not_warn_on_english(engine: Engine, name: str) -> None:
     hardest English clips for tiny.en (their mean log-probability is the lowest of en/), and jfk."""
     transcript = engine.transcribe(decode(AUDIO_DIR / "en" / name))
     assert transcript.warnings == [] and transcript.text, transcript
+
+
+def test_job_records_carry_the_warning(engine: Engine, tmp_path: Path) -> None:
+    """A job on the local endpoint (the real app, the session's tiny.en): the job view and its json result say
+    what the CLI says."""
+    from starlette.testclient import TestClient
+
+    from jobs_support import wait_for
+    from koe.api import create_app
+    from koe.config import Settings
+
+    settings = Settings(model="tiny.en", data_dir=tmp_path / "data", jobs_enabled=True, poll_s=0.05)
+    app = create_app(settings, engine_factory=lambda _: engine)
+    clips = {"ja": AUDIO_DIR / "ja" / "reazonspeech_test_ja_1.wav", "en": AUDIO_DIR / "en" / "jfk.flac"}
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        for lang, path in clips.items():
+            files = {"file": (path.name, path.read_bytes(), "application/octet-stream")}
+            job_id = client.post("/v1/jobs", files=files, data={"format": "json", "id": lang}).json()["id"]
+            url = f"/v1/jobs/{job_id}"
+            view = wait_for(lambda url=url: (v := client.get(url).json())["status"] == "completed" and v, 120, 0.1)
+            result = client.get(f"/v1/jobs/{job_id}/result").json()
+            if lang == "ja":
+                assert len(view["warnings"]) == 1 and "English-only" in view["warnings"][0]
+                assert result["warnings"] == view["warnings"]
+            else:
+                assert view["warnings"] == [] and "warnings" not in result and "ask not" in result["text"]

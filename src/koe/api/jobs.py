@@ -182,7 +182,11 @@ def job_result(
 
 @router.get("/{job_id:path}", summary="A job's status, progress, timings and error")
 def get_job(request: Request, job_id: str) -> dict[str, Any]:
-    return local_endpoint(request).get(job_id).view()
+    endpoint = local_endpoint(request)
+    view = endpoint.get(job_id).view()
+    if view["status"] == "completed":  # what the reader of the transcript should know (koe.hallucination)
+        view["warnings"] = endpoint.queue.warnings(job_id)
+    return view
 
 
 @router.delete("/{job_id:path}", summary="Cancel a queued job")

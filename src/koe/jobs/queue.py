@@ -267,6 +267,16 @@ class JobQueue:
             raise JobNotFoundError(f"no job {job_id!r}")
         return _job(row)
 
+    def warnings(self, job_id: str) -> list[str]:
+        """The warnings of a completed job's transcript (e.g. an English-only model on other speech), read without
+        loading the whole transcript."""
+        row = (
+            self._db()
+            .execute("SELECT json_extract(transcript, '$.warnings') FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        return [str(w) for w in json.loads(row[0])] if row and row[0] else []
+
     def inputs_in_use(self, locations: list[str] | None = None) -> set[str]:
         """The input locations of queued and running jobs (of those in `locations`, when given)."""
         rows = self._db().execute(
