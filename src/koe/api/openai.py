@@ -429,7 +429,8 @@ async def releasing(events: AsyncIterator[bytes], memory: MemoryClaim) -> AsyncI
 def render_transcript(transcript: Transcript, asked: AudioRequest) -> Response:
     usage = {"type": "duration", "seconds": round(transcript.duration, 3)}
     if asked.format == "json":
-        return JSONResponse({"text": transcript.text, "usage": usage})
+        extra = {"warnings": transcript.warnings} if transcript.warnings else {}  # koe's addition, when any
+        return JSONResponse({"text": transcript.text, "usage": usage, **extra})
     if asked.format == "diarized_json":
         return JSONResponse(diarized_json(transcript, usage))
     if asked.format == "verbose_json":

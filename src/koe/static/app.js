@@ -502,6 +502,7 @@
     viewer.hidden = false;
     $("viewer-heading").textContent = `Transcript: ${job.name}`;
     $("viewer-error").textContent = "";
+    $("viewer-warnings").textContent = "";
     $("viewer-meta").textContent = "Loading…";
     $("segments").replaceChildren();
     $("speakers").hidden = true;
@@ -525,6 +526,8 @@
         `${segments.length} segment${segments.length === 1 ? "" : "s"}`,
       ];
       $("viewer-meta").textContent = facts.filter(Boolean).join(" · ");
+      // e.g. an English-only model on speech in another language: its text is likely made up (koe.hallucination)
+      $("viewer-warnings").textContent = (result.warnings || []).map((w) => `Warning: ${w}`).join(" ");
       if (!segments.length) $("segments").append(el("li", { class: "muted" }, result.text || "No speech found."));
       const names = showSpeakers(job, result.speakers || []);
       for (const seg of segments) {
