@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 
 def serve_command(
-    model: Annotated[str | None, typer.Option(help="Model name, folder or model.tar.gz.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name, folder or model.tar.gz (default base; tiny.en: English, faster).")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to bind (default 8080).")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,

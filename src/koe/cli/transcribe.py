@@ -39,7 +39,9 @@ def register(app: typer.Typer) -> None:
 
 def transcribe_command(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files.")],
-    model: Annotated[str | None, typer.Option(help="Model name, folder or model.tar.gz.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name, folder or model.tar.gz (default base; tiny.en: English, faster).")
+    ] = None,
     language: Annotated[str | None, typer.Option(help="Language code, or auto.")] = None,
     task: Annotated[str, typer.Option(help="transcribe | translate")] = "transcribe",
     fmt: Annotated[str, typer.Option("--format", "-f", help="text,json,verbose_json,srt,vtt,tsv,rttm")] = "text",
