@@ -1151,3 +1151,21 @@ def test_locations_fuzzed_against_the_file_system(
         pass  # a folder named as an object: the file system said no, and nothing outside changed (checked below)
     after = {**_snapshot(outside), "beside": (base / "beside.txt").read_text()}
     assert after == before, (operation, url)
+
+
+def test_a_refused_inline_async_invocation_leaves_no_upload(tmp_path: Path) -> None:
+    """InvokeEndpointAsync with the audio inline: a refused invocation (the same InferenceId again, with other
+    bytes) keeps no upload; the first invocation's, still queued, stays."""
+    from starlette.testclient import TestClient
+
+    settings = Settings(data_dir=tmp_path / "data", jobs_enabled=True, worker_concurrency=0)
+    inputs = settings.data_dir / "inputs"
+    app = create_app(settings, engine_factory=lambda _: None)  # type: ignore[arg-type,return-value]
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        headers = {"X-Amzn-SageMaker-Inference-Id": "inline-1", "Content-Type": "application/octet-stream"}
+        first = client.post("/endpoints/koe/async-invocations", content=CLIP.read_bytes(), headers=headers)
+        assert first.status_code == 202, first.text
+        assert len(list(inputs.iterdir())) == 1
+        again = client.post("/endpoints/koe/async-invocations", content=b"other bytes" * 100, headers=headers)
+        assert again.status_code >= 400, again.text
+        assert len(list(inputs.iterdir())) == 1

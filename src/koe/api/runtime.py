@@ -66,7 +66,6 @@ from koe.errors import (
 from koe.formats import Format, fit_options
 from koe.jobs.endpoint import LocalEndpoint
 from koe.options import TranscribeOptions, parse_options
-from koe.storage import file_location
 
 logger = logging.getLogger("koe.api.runtime")
 
@@ -344,8 +343,19 @@ async def submit(request: Request, invocation: AsyncInvocation) -> tuple[str, st
         )
     settings = endpoint.settings
     location = invocation.input_location
+    inline = location is None
     if location is None:
-        location = await inline_input(request, endpoint, min(settings.max_sync_bytes, settings.max_input_bytes))
+        limit = min(settings.max_sync_bytes, settings.max_input_bytes)
+        location = await inline_input(request, endpoint, limit, invocation.inference_id)
+    try:
+        return await _submit(endpoint, invocation, location)
+    except BaseException:
+        if inline:  # refused: its upload goes (unless the same invocation, queued earlier, reads it)
+            await run_in_threadpool(endpoint.release_upload, location)
+        raise
+
+
+async def _submit(endpoint: LocalEndpoint, invocation: AsyncInvocation, location: str) -> tuple[str, str]:
     output_path, failure_path = endpoint.output_path, default_failure_path(endpoint)
     if invocation.output_extension:
         output_path = await run_in_threadpool(subfolder, endpoint, output_path, invocation.output_extension)
@@ -366,13 +376,14 @@ async def submit(request: Request, invocation: AsyncInvocation) -> tuple[str, st
     return job.output_location, job.failure_location
 
 
-async def inline_input(request: Request, endpoint: LocalEndpoint, limit: int) -> str:
-    """botocore's inline `Body` (no InputLocation): store it in the data folder; its file:// location."""
+async def inline_input(request: Request, endpoint: LocalEndpoint, limit: int, inference_id: str) -> str:
+    """botocore's inline `Body` (no InputLocation): store it in the data folder as the invocation's upload (removed
+    when its job ends); its file:// location."""
     if request.headers.get("content-length", "0").strip() == "0" and "transfer-encoding" not in request.headers:
         raise validation_error(["Value null at 'inputLocation' failed to satisfy constraint: Member must not be null"])
     try:
         async with received_body(request, max_bytes=limit, spool_dir=endpoint.settings.spool_dir) as body:
-            stored, _sha = await run_in_threadpool(endpoint.store.files.ingest_file, body.audio, endpoint.inputs_dir)
+            return await run_in_threadpool(endpoint.ingest_upload, body.audio, inference_id)
     except InputTooLargeError as exc:
         raise AwsError(
             VALIDATION,
@@ -380,7 +391,6 @@ async def inline_input(request: Request, endpoint: LocalEndpoint, limit: int) ->
             "upload larger inputs and pass their InputLocation",
             413,
         ) from None
-    return file_location(stored)
 
 
 def default_failure_path(endpoint: LocalEndpoint) -> str:
