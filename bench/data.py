@@ -51,10 +51,12 @@ def long_audio(max_s: float | None) -> Clip:
             break
     joined = np.concatenate(samples)
     if max_s is not None:
-        cut = refs[-1][0] + 0.25  # just after the last whole utterance
+        # just after the last whole utterance (no reference when even the first one is longer than max_s)
+        cut = refs[-1][0] + 0.25 if refs else max_s
         joined = joined[: int(cut * SAMPLE_RATE)]
     label = "+".join(Path(n).stem for n in LONG_FILES[: len(samples)])
-    return Clip(f"{label}[0:{len(joined) / SAMPLE_RATE:.0f}s]", joined, " ".join(text for _, text in refs))
+    reference = " ".join(text for _, text in refs) or None
+    return Clip(f"{label}[0:{len(joined) / SAMPLE_RATE:.0f}s]", joined, reference)
 
 
 def _segments(path: Path) -> list[dict[str, str]]:

@@ -1,7 +1,9 @@
-"""S2's HTTP servers, run in this process under uvicorn (one thread each), and the clients that load them.
+"""The HTTP servers of S2 and S4, run in this process under uvicorn (one thread each); their clients run in
+another process (bench/client.py), so this process's CPU time is the servers'.
 
-- koe: the real app, `koe.api.app.create_app`, serving the already loaded Engine; a client picks the mode
-  with the SageMaker custom-attributes header (`mode=batched` shares the engine's batcher across requests).
+- koe: the real app, `koe.api.app.create_app`, serving the already loaded Engine with its defaults (batched:
+  every request's chunks share the engine's batcher); `jobs_app` is the same app as `koe serve` runs it, with
+  the job queue and worker pool on (S4).
 - peer: what the open-source faster-whisper servers do: each request runs on its own
   `BatchedInferencePipeline` (batching the chunks of that one request only), on the same loaded model.
 
@@ -11,12 +13,10 @@ Both decode uploads with koe's decoder and run inference in the threadpool; both
 from __future__ import annotations
 
 import socket
-import statistics
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -37,13 +37,14 @@ Scope = MutableMapping[str, Any]
 ASGI = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
-def peer_app(model: WhisperModel, batch_size: int = 8, beam_size: int = 5) -> FastAPI:
+def peer_app(model: WhisperModel, extra: dict[str, Any], batch_size: int = 8) -> FastAPI:
+    """`extra`: faster-whisper's transcribe arguments (`Decoding.faster_whisper`)."""
     app = FastAPI()
 
     def transcribe(body: bytes) -> str:
         audio = decode(body)
         pipeline = BatchedInferencePipeline(model)  # per request, as the peers do
-        segments, _ = pipeline.transcribe(audio.samples, batch_size=batch_size, beam_size=beam_size)
+        segments, _ = pipeline.transcribe(audio.samples, batch_size=batch_size, **extra)
         return "".join(s.text for s in segments).strip()
 
     @app.get("/ping")
@@ -60,7 +61,22 @@ def peer_app(model: WhisperModel, batch_size: int = 8, beam_size: int = 5) -> Fa
 def koe_app(engine: Engine) -> Any:
     from koe.api.app import create_app
 
-    return create_app(Settings(jobs_enabled=False), engine_factory=lambda _settings: engine)
+    return create_app(Settings(model=engine.name, jobs_enabled=False), engine_factory=lambda _settings: engine)
+
+
+def jobs_app(engine: Engine, data_dir: Path, worker_concurrency: int) -> Any:
+    """`koe serve`'s app (jobs on) over a fresh data folder, its model the already loaded engine (never
+    unloaded while the bench runs)."""
+    from koe.api.app import create_app
+
+    settings = Settings(
+        model=engine.name,
+        jobs_enabled=True,
+        data_dir=data_dir,
+        worker_concurrency=worker_concurrency,
+        model_idle_s=0,
+    )
+    return create_app(settings, engine_factory=lambda _settings: engine)
 
 
 class _ThreadLimit:
@@ -105,66 +121,3 @@ class Served:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
-
-
-@dataclass
-class LoadResult:
-    clients: int
-    requests: int
-    audio_s: float
-    wall_s: float
-    latencies: list[float]
-    texts: dict[str, str]
-    errors: int
-    cpu_s: float = 0.0  # CPU time of this whole process (servers and clients) during the run
-
-    @property
-    def x_real_time(self) -> float:
-        return self.audio_s / self.wall_s
-
-    def percentile(self, q: float) -> float:
-        if len(self.latencies) < 2:
-            return self.latencies[0] if self.latencies else 0.0
-        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
-
-
-def load(url: str, uploads: list[tuple[str, bytes, float]], clients: int, attributes: str | None) -> LoadResult:
-    """`clients` closed-loop clients send every upload once (name, bytes, seconds) to `url`/invocations."""
-    work = deque(uploads)
-    lock = threading.Lock()
-    latencies: list[float] = []
-    texts: dict[str, str] = {}
-    errors = 0
-    start = threading.Barrier(clients + 1)
-    headers = {"Content-Type": "application/octet-stream", "Accept": "text/plain"}
-    if attributes:
-        headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
-
-    def client() -> None:
-        nonlocal errors
-        with httpx.Client(timeout=None) as http:
-            start.wait()
-            while True:
-                with lock:
-                    if not work:
-                        return
-                    name, body, _ = work.popleft()
-                sent = time.perf_counter()
-                response = http.post(f"{url}/invocations", content=body, headers=headers)
-                took = time.perf_counter() - sent
-                with lock:
-                    latencies.append(took)
-                    if response.status_code == 200:
-                        texts[name] = response.text
-                    else:
-                        errors += 1
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    start.wait()
-    began, cpu = time.perf_counter(), time.process_time()
-    for t in threads:
-        t.join()
-    wall, cpu = time.perf_counter() - began, time.process_time() - cpu
-    return LoadResult(clients, len(uploads), sum(s for _, _, s in uploads), wall, latencies, texts, errors, cpu)
