@@ -122,6 +122,11 @@ def test_english_only_model_with_improbable_text_warns() -> None:
     assert language_warning(made_up, model="base", multilingual=True) is None  # base detects the language
     assert language_warning([seg(" Hello.", 0, 4, lp=-0.4)], model="tiny.en", multilingual=False) is None
     assert language_warning([], model="tiny.en", multilingual=False) is None
+    # Text the model only found by sampling at a higher temperature (Whisper's fallback) needs less to warn.
+    sampled = [seg(" If you enjoyed this video, please subscribe.", 0, 4, lp=-0.73, nsp=0.2, temperature=0.6)]
+    assert language_warning(sampled, model="tiny.en", multilingual=False)
+    greedy = [seg(" Montreal forced, uh, um, forced a liner.", 0, 4, lp=-0.73, nsp=0.05)]
+    assert language_warning(greedy, model="tiny.en", multilingual=False) is None
     # Improbable text over what the model itself calls silence is not evidence of another language.
     assert language_warning([seg(" You", 0, 30, lp=-1.2, nsp=0.99)], model="tiny.en", multilingual=False) is None
 
