@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="results file stem (default <date>-<host>)")
     p.add_argument("--rounds", type=int, default=1, help="S1/S2: run each configuration this often, keep the fastest")
     p.add_argument("--engine-only", action="store_true", help="no HTTP: S2 calls the engine from threads; no S4")
-    p.add_argument("--fixed-tokens", type=int, default=None, help="every chunk decodes N tokens (random models)")
+    p.add_argument("--fixed-tokens", type=int, default=None, help="cap chunks at N new tokens, no EOT (random models)")
     p.add_argument("--beam-size", type=int, default=5, help="beam size of every configuration (1: greedy)")
     p.add_argument("--batch-size", type=int, default=16, help="koe's batch size (the engine caps it at 4 on a CPU)")
     p.add_argument("--fw-batch-sizes", default=None, help="faster-whisper batched sizes (quick 16; full 8,16,32,64)")

@@ -45,19 +45,20 @@ class Profile:
 
 
 REAL = Profile(s1_seconds=300, fw_batch_sizes=(16, 32), clips=64, levels=(1, 8, 32, 64))
-# 64 tokens: at least koe's 2 tokens per second of a 30 s chunk, below which text-only decoding suspects a
+# 128 new tokens: CTranslate2 returns (4 + 128) / 2 = 66 per chunk (see Decoding), about what 30 s of speech
+# holds, and at least koe's 2 tokens per second of a 30 s chunk, below which text-only decoding suspects a
 # lost tail and decodes it again (work the others never do)
 LARGE = Profile(
     s1_seconds=120,
     fw_batch_sizes=(16,),
     clips=32,
     levels=(8, 32),
-    s1_tokens=64,
-    s2_tokens=64,
+    s1_tokens=128,
+    s2_tokens=128,
     s2_timestamps=False,
     per_request=False,
 )
-SMOKE = Profile(s1_seconds=12, fw_batch_sizes=(4,), clips=2, levels=(1, 2), s1_tokens=8, s2_tokens=8)
+SMOKE = Profile(s1_seconds=12, fw_batch_sizes=(4,), clips=2, levels=(1, 2), s1_tokens=24, s2_tokens=24)
 PER_REQUEST_MAX_LEVEL = 8  # faster-whisper sequential per request: more threads only queue on the model
 
 
@@ -180,7 +181,8 @@ def engine_s2(
     for n in levels:
         # faster-whisper sequential per request gains nothing past a few threads (they queue on the model)
         here = {k: v for k, v in configs.items() if k != FW_PER_REQUEST or n <= PER_REQUEST_MAX_LEVEL}
-        for name, by_n in scenarios.concurrent_engine(engine, here, clips, [n], log, stop=stop).items():
+        measured = scenarios.concurrent_engine(engine, here, clips, [n], log, stop=stop, warm=n == levels[0])
+        for name, by_n in measured.items():
             runs[name].update(by_n)
             if str(n) not in by_n:
                 skipped.append(f"S2 {name} at {n} threads (time budget)")

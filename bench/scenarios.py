@@ -40,8 +40,13 @@ FW_PER_REQUEST = "faster-whisper sequential per request"
 @dataclass(frozen=True)
 class Decoding:
     """How every configuration decodes: beam size, and the benchmark's fixed-length decoding for random-weight
-    models (`fixed_tokens`: every chunk decodes that many tokens, end-of-text suppressed, one temperature,
-    language fixed to English) so that all configurations do the same work per chunk."""
+    models (`fixed_tokens`: every chunk is capped at that many new tokens with end-of-text suppressed, one
+    temperature, language fixed to English) so that all configurations do the same work per chunk.
+
+    The cap is faster-whisper's `max_new_tokens` (max_length = prompt + N for CTranslate2), which koe's runner
+    passes the same way; CTranslate2 4.8.5 then returns (prompt + N) / 2 tokens for Whisper (N=24: 14, asserted
+    by tests/test_bench.py; N=200 gave the anchor bench's "about 100 tokens per chunk"), the same for every
+    configuration."""
 
     beam_size: int = 5
     fixed_tokens: int | None = None
@@ -335,11 +340,13 @@ def concurrent_engine(
     log: Log,
     rounds: int = 1,
     stop: Callable[[], bool] = lambda: False,
+    warm: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Every configuration at each number of threads (each keeps its fastest of `rounds` runs). `stop()`
-    ends the scenario early (the GPU run's time budget); what was measured stays."""
-    for transcribe in configs.values():
-        transcribe(clips[0])  # warm-up
+    ends the scenario early (the GPU run's time budget); what was measured stays. `warm`: run each
+    configuration once on the first clip before measuring."""
+    for transcribe in configs.values() if warm else ():
+        transcribe(clips[0])
     out: dict[str, dict[str, Any]] = {name: {} for name in configs}
     names = list(configs)
     for n in levels:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import wave
@@ -180,3 +181,18 @@ def test_s4_is_compared_with_koes_s2_figure_at_the_same_concurrency() -> None:
 def test_srt_text_keeps_only_the_words() -> None:
     body = "1\n00:00:00,000 --> 00:00:02,500\n Ask not\n\n2\n00:00:02,500 --> 00:00:04,000\n what your country\n"
     assert srt_text(body) == "Ask not what your country"
+
+
+def test_gpu_plan_past_its_budget_skips_and_says_so(tmp_path: Path, random_tiny: Path) -> None:
+    from bench import gpu
+
+    shutil.copytree(random_tiny, tmp_path / "models" / "random-tiny")  # already built: the plan reuses it
+    args = ["--random", "tiny", "--work", str(tmp_path / "models"), "--beams", "5,1", "--budget-s", "0"]
+    assert gpu.main([*args, "--out", str(tmp_path), "--name", "gpu"]) == 0
+    results = json.loads((tmp_path / "gpu.json").read_text())
+    assert results["run"]["finished"]
+    assert [(s["model"], s["beam_size"], s["skipped"]) for s in results["steps"]] == [
+        ("random tiny", 5, ["all (time budget)"]),
+        ("random tiny", 1, ["all (time budget)"]),
+    ]
+    assert "Skipped: all (time budget)." in (tmp_path / "gpu.md").read_text()
