@@ -3,7 +3,8 @@ and whether koe warns: the margins behind NOT_ENGLISH_LOGPROB.
 
     .venv/bin/python tests/measure_language_warning.py [AUDIO_DIR] [MODEL]
 
-Prints one line per clip and, per language, the lowest and highest score and how many clips were warned.
+Prints one line per clip (its score, the share of its speech decoded by temperature fallback: of the segments
+kept, since the warning names only the score) and, per language, the lowest and highest score and how many clips were warned.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from koe import Engine, decode
-from koe.hallucination import mean_logprob
+from koe.hallucination import fallback_share, mean_logprob
 from koe.transcript import Transcript
 
 
@@ -41,7 +42,9 @@ def main(audio_dir: Path, model: str) -> None:
             if value is not None:
                 scores.append(value)
             shown = "-" if value is None else f"{value:.3f}"
-            print(f"{language} {path.name:50s} {shown:>7s} {'warned' if transcript.warnings else ''}", flush=True)
+            fallback = f"fallback {fallback_share(transcript.segments):.0%}"
+            print(f"{language} {path.name:50s} {shown:>7s} {fallback:>13s} {'warned' if transcript.warnings else ''}",
+                  flush=True)  # fmt: skip
         if scores:
             print(f"{language}: {len(paths)} clips, scores {min(scores):.2f} to {max(scores):.2f}, {warned} warned")
 
