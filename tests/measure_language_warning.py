@@ -4,7 +4,8 @@ and whether koe warns: the margins behind NOT_ENGLISH_LOGPROB.
     .venv/bin/python tests/measure_language_warning.py [AUDIO_DIR] [MODEL]
 
 Prints one line per clip (its score, the share of its speech decoded by temperature fallback: of the segments
-kept, since the warning names only the score) and, per language, the lowest and highest score and how many clips were warned.
+kept, since the warning names only the score) and, per language, the lowest and highest score and how many
+clips were warned.
 """
 
 from __future__ import annotations
