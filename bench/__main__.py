@@ -10,7 +10,7 @@ from ../shared/audio. `python -m bench gpu ...` is the GPU comparison (bench/gpu
   at a time, and against koe's S2 figure at the same concurrency.
 
 The default run is quick, for the 2-core CPU (S1 on the first ~3 min, S2 on 16 clips with 1/4/16 clients,
-S3 on 24 clips, S4 on 32 jobs with 16 job slots); `--full` is for a GPU (S1 on 22 min, S2 on 64 clips with
+S3 on 16 clips, S4 on 32 jobs with 16 job slots); `--full` is for a GPU (S1 on 22 min, S2 on 64 clips with
 1/8/32/64 clients, all clips, 32 job slots). `--engine-only` needs only the engine and its dependencies (no
 HTTP server; S2 then calls the engine from N threads; S4 is skipped). `--fixed-tokens N` makes every chunk
 decode N tokens (for random-weight models, bench/random_model.py). Results go to bench/results/<date>-<host>
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--s1-seconds", type=float, default=None, help="S1 audio length (quick 180; full all 22 min)")
     p.add_argument("--clips", type=int, default=None, help="S2 requests (quick 16; full 64)")
     p.add_argument("--levels", default=None, help="S2 concurrency levels (quick 1,4,16; full 1,8,32,64)")
-    p.add_argument("--s3-clips", type=int, default=None, help="S3 clips before keeping those with references")
+    p.add_argument("--s3-clips", type=int, default=None, help="S3 clips, those with references kept (quick 16)")
     p.add_argument("--jobs", type=int, default=32, help="S4 jobs")
     p.add_argument("--worker-concurrency", type=int, default=None, help="S4 job slots (quick 16; full 32)")
     return p
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         results["S2"] = s2_results(engine, decoding, s2_clips, levels, log, args.rounds, args.engine_only)
         save()
     if "S3" in only:
-        scored = [c for c in data.short_clips(args.s3_clips or (None if full else 24)) if c.reference]
+        scored = [c for c in data.short_clips(args.s3_clips or (None if full else 16)) if c.reference]
         log(f"S3: {len(scored)} clips with references, {sum(c.duration for c in scored):.0f} s")
         configs = scenarios.one_request_configs(engine, decoding, fw_sizes[:1], no_fallback=True)
         runs3 = scenarios.one_request(engine, configs, scored, warmup, log)
