@@ -27,8 +27,8 @@ from jobs_support import KOE as KOE_CLI
 from jobs_support import boto_client, koe_env, moto_server, start_server, wait_for
 from koe.api import create_app
 from koe.api.app import DEFAULT_ROUTERS
-from koe.api.inputs import MultipartReader
 from koe.api.runtime import AwsError, parse_async_headers
+from koe.bodies import MultipartReader
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, LocationError
@@ -1062,7 +1062,7 @@ def test_json_audio_extraction_matches_the_json_parser(tmp_path: Path) -> None:
     import base64
     import io
 
-    from koe.api.inputs import extract_json_audio
+    from koe.bodies import extract_json_audio
     from koe.errors import InputError
 
     audio = os.urandom(100_000)

@@ -10,10 +10,8 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Literal, get_args
 
-from faster_whisper.tokenizer import _LANGUAGE_CODES
-
 from koe.errors import NotAcceptableError, OptionsError
-from koe.options import TranscribeOptions
+from koe.options import LANGUAGES, TranscribeOptions
 from koe.transcript import Transcript, Word, join_text
 
 Format = Literal["text", "json", "verbose_json", "srt", "vtt", "tsv", "rttm"]
@@ -257,4 +255,4 @@ _WRITERS: dict[str, Callable[[Transcript], str]] = {
 }
 
 assert set(_WRITERS) == set(FORMATS) and set(CONTENT_TYPES) == set(FORMATS)
-assert set(LANGUAGE_NAMES) <= set(_LANGUAGE_CODES)
+assert set(LANGUAGE_NAMES) <= set(LANGUAGES)

@@ -20,9 +20,10 @@ import logging
 import os
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from koe.api.inputs import (
+from koe.audio import Audio, AudioLimits, decode
+from koe.bodies import (
     CUSTOM_ATTRIBUTES_HEADER,
     accept_format,
     body_kind,
@@ -31,13 +32,14 @@ from koe.api.inputs import (
     parse_json_body,
     parse_multipart_bytes,
 )
-from koe.audio import Audio, AudioLimits, decode
 from koe.config import Settings
-from koe.engine import Engine
 from koe.errors import KoeError, error_body, http_status
 from koe.formats import CONTENT_TYPES, Format, fit_options, render
 from koe.options import TranscribeOptions
 from koe.transcript import Transcript
+
+if TYPE_CHECKING:
+    from koe.engine import Engine
 
 logger = logging.getLogger("koe.handler")
 
@@ -66,6 +68,8 @@ class Failure:
 
 def model_fn(model_dir: str, context: Any = None) -> Engine:
     """Load the model SageMaker unpacked into `model_dir` (KOE_MODEL overrides; KOE_* settings apply)."""
+    from koe.engine import Engine  # here, not above: importing the handler module loads no CTranslate2
+
     pin_gpu(context)
     settings = _settings()
     model = settings.model if "model" in settings.model_fields_set else model_dir

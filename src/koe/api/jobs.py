@@ -38,7 +38,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from koe.api import schema
-from koe.api.inputs import CUSTOM_ATTRIBUTES_HEADER, body_kind, header_options, read_limited, received_body
+from koe.api.inputs import read_limited, received_body
+from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, body_kind, header_options
 from koe.config import Settings
 from koe.engine import job_slots
 from koe.errors import InputError

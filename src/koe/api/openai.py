@@ -43,9 +43,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from koe.api.deps import app_settings, audio_claim, engine_for
-from koe.api.inputs import body_kind, received_body
+from koe.api.inputs import received_body
 from koe.api.routing import scoped_errors
 from koe.audio import Audio, AudioLimits, MemoryClaim, decode
+from koe.bodies import body_kind
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import (

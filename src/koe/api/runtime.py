@@ -51,9 +51,10 @@ from starlette.responses import JSONResponse, Response
 
 from koe.api import schema
 from koe.api.deps import app_settings, engine_for
-from koe.api.inputs import CUSTOM_ATTRIBUTES_HEADER, accept_format, header_options, received_body
+from koe.api.inputs import received_body
 from koe.api.routing import scoped_errors
 from koe.api.sagemaker import transcribe_request
+from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, accept_format, header_options
 from koe.config import Settings
 from koe.errors import (
     InputTooLargeError,

@@ -16,15 +16,9 @@ from starlette.responses import Response
 
 from koe.api import schema
 from koe.api.deps import app_settings, audio_claim, check_health, engine_for, loaded_engine
-from koe.api.inputs import (
-    CUSTOM_ATTRIBUTES_HEADER,
-    accept_format,
-    body_kind,
-    header_options,
-    merge_options,
-    received_body,
-)
+from koe.api.inputs import received_body
 from koe.audio import AudioLimits, decode
+from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, accept_format, body_kind, header_options, merge_options
 from koe.errors import ModelUnavailableError
 from koe.formats import CONTENT_TYPES, fit_options, render
 

@@ -7,7 +7,6 @@ from rich.console import Console
 from rich.table import Table
 
 from koe.config import Settings
-from koe.models import list_models
 
 
 def register(app: typer.Typer) -> None:
@@ -16,6 +15,8 @@ def register(app: typer.Typer) -> None:
 
 def models_command() -> None:
     """List the bundled and hub models with their location."""
+    from koe.models import list_models  # here: faster-whisper loads CTranslate2, which other commands skip
+
     settings = Settings()
     table = Table("name", "kind", "ready offline", "location")
     for info in list_models(settings.cache_dir):

@@ -10,7 +10,6 @@ from rich.console import Console
 
 from koe.config import Settings
 from koe.errors import KoeError
-from koe.package import build_model_archive
 
 err = Console(stderr=True)
 
@@ -31,6 +30,8 @@ def package_command(
     source: Annotated[bool, typer.Option(help="Bundle koe's source under code/koe/.")] = True,
 ) -> None:
     """Write model.tar.gz for SageMaker: upload it to S3 and use it as the model's ModelDataUrl."""
+    from koe.package import build_model_archive  # here: it loads the model code, which other commands skip
+
     settings = Settings.model_validate({})
     try:
         with err.status(f"packaging {model} ..."):

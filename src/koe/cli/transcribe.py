@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,11 +15,13 @@ from rich.table import Table
 
 from koe.audio import AudioLimits, decode
 from koe.config import Settings
-from koe.engine import Engine
 from koe.errors import KoeError
 from koe.formats import EXTENSIONS, check_format, fit_options, render
 from koe.options import TranscribeOptions, parse_options
 from koe.transcript import Transcript
+
+if TYPE_CHECKING:
+    from koe.engine import Engine
 
 err = Console(stderr=True)
 
@@ -80,6 +82,8 @@ def transcribe_command(
                 "max_speakers": max_speakers,
             }
         )
+        from koe.engine import Engine  # here: the other commands start without CTranslate2
+
         engine = Engine.from_settings(settings)
         engine.check(options)
     except KoeError as exc:
