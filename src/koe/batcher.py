@@ -201,6 +201,7 @@ class Batcher(Generic[P, R]):
         max_queued_per_request: int | None = None,
         batch_size_of: BatchSizeOf | None = None,
         workers: int = 1,
+        replicas: int | None = None,
         name: str = "koe-batcher",
         history: int = 1000,
     ) -> None:
@@ -223,6 +224,10 @@ class Batcher(Generic[P, R]):
         self._expected = 0  # announced items of all requests, not queued yet
         self._ids = itertools.count(1)
         self._stopped = False
+        # Batches the model can run at once (its replicas); more scheduler threads than that keep the next
+        # batch ready while Python judges the last one's results, but never launch it onto a busy model.
+        self.replicas = min(replicas or workers, workers)
+        self._running = 0
         self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
@@ -328,10 +333,16 @@ class Batcher(Generic[P, R]):
                 logger.exception("batcher: unexpected error")
                 for item in batch:
                     self._fail_ticket(item.ticket, exc)
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._lock.notify_all()  # a replica is free: a waiting batch may go
 
     def _take(self) -> list[_Item[P]] | None:
         """Wait for items, then take one batch: the key of the next request in rotation, filled
-        round-robin across requests, waiting at most `max_wait_s` for a full batch."""
+        round-robin across requests, waiting at most `max_wait_s` for a full batch (`fill_wait_s` while
+        announced items are coming). While every replica is busy the batch keeps filling: launching it would
+        only queue it behind the running one, with fewer items."""
         with self._lock:
             while True:
                 if self._stopped:
@@ -345,9 +356,11 @@ class Batcher(Generic[P, R]):
                 oldest = min(t._queue[0].queued_at for t in self._rotation)
                 wait = self.fill_wait_s if self._expected > 0 else self.max_wait_s
                 remaining = oldest + wait - time.monotonic()
-                if available >= limit or remaining <= 0:
+                busy = self._running >= self.replicas
+                if not busy and (available >= limit or remaining <= 0):
+                    self._running += 1
                     return self._pick(key, limit)
-                self._lock.wait(remaining)
+                self._lock.wait(None if busy else remaining)
 
     def _limit(self, key: Hashable) -> int:
         size = self._batch_size_of(key) if self._batch_size_of else None

@@ -117,7 +117,7 @@ class Engine:
     @classmethod
     def load(
         cls,
-        model: str = "tiny.en",
+        model: str = "base",
         *,
         cache_dir: Path | None = None,
         device: str = "auto",

@@ -226,4 +226,5 @@ def make_batcher(model: WhisperModel, batch_size: int, **kwargs: Any) -> Batcher
 
     replicas = max(1, int(getattr(model.model, "num_workers", 1) or 1))
     kwargs.setdefault("workers", replicas + 1)
+    kwargs.setdefault("replicas", replicas)
     return Batcher(WhisperRunner(model), batch_size=batch_size, batch_size_of=size_of, **kwargs)
