@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser serve test test-stress bench lint clean
+.PHONY: install browser serve test test-fast test-stress bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The fast tier: in process, no model, no server (tests/fast: a fake engine, objects in memory) and the pure
+# unit modules. Under a minute; `make test` runs these too, with every real end-to-end test.
+FAST_TESTS := tests/fast tests/test_options.py tests/test_deploy_units.py tests/test_jobs_queue.py
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(FAST_TESTS)
 
 test-stress: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

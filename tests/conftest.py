@@ -9,8 +9,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from koe.engine import Engine
 
 # Tests never reach a model hub: faster-whisper/huggingface_hub fail fast instead of downloading.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -62,19 +66,19 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(cache_dir: Path):  # type: ignore[no-untyped-def]
+def engine(cache_dir: Path) -> Engine:
+    """The real tiny.en model (English-only, fast), loaded once per session."""
     from koe.engine import Engine
 
-    e = Engine.load("tiny.en", cache_dir=cache_dir, device="cpu", cpu_threads=2)
-    yield e
+    return Engine.load("tiny.en", cache_dir=cache_dir, device="cpu", cpu_threads=2)
 
 
 @pytest.fixture(scope="session")
-def base_engine(cache_dir: Path):  # type: ignore[no-untyped-def]
+def base_engine(cache_dir: Path) -> Engine:
+    """The real base model (multilingual), loaded once per session."""
     from koe.engine import Engine
 
-    e = Engine.load("base", cache_dir=cache_dir, device="cpu", cpu_threads=2)
-    yield e
+    return Engine.load("base", cache_dir=cache_dir, device="cpu", cpu_threads=2)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Clip
 from koe.audio import Audio, decode
 from koe.batcher import Batcher, Requeue
+from koe.engine import Engine
 from koe.errors import EngineError
 from koe.options import parse_options
 from koe.pipeline import make_batcher, transcribe_batched
@@ -168,11 +170,13 @@ def test_closing_fails_waiting_requests() -> None:
 # -- the real model ---------------------------------------------------------------------------------
 
 
-def _clip(manifest, name: str):  # type: ignore[no-untyped-def]
+def _clip(manifest: list[Clip], name: str) -> Clip:
     return next(c for c in manifest if c.path.name == name)
 
 
-def test_concurrent_requests_share_batches_and_keep_their_own_text(engine, manifest, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_requests_share_batches_and_keep_their_own_text(
+    engine: Engine, manifest: list[Clip], jfk: Path
+) -> None:
     names = ["ljspeech_LJ001-0001.flac", "ls_dev-clean_1272-128104-0000.wav", "azure_whatstheweatherlike.wav"]
     clips = [_clip(manifest, n) for n in names]
     audios = [decode(jfk)] + [decode(c.path) for c in clips]
@@ -193,7 +197,7 @@ def test_concurrent_requests_share_batches_and_keep_their_own_text(engine, manif
     assert engine.batcher.stats.mixed_batches > before
 
 
-def test_batched_text_is_close_to_sequential_and_progress_advances(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_batched_text_is_close_to_sequential_and_progress_advances(engine: Engine, manifest: list[Clip]) -> None:
     audio = decode(_clip(manifest, "librivox_shakespeare_sonnet_1.mp3").path)
     calls: list[float] = []
     batched = engine.transcribe(audio, parse_options({"mode": "batched"}), lambda d, t: calls.append(d))
@@ -204,7 +208,7 @@ def test_batched_text_is_close_to_sequential_and_progress_advances(engine, manif
     assert starts == sorted(starts) and all(s.end <= audio.duration + 0.01 for s in batched.segments)
 
 
-def test_word_timestamps_increase(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_word_timestamps_increase(engine: Engine, jfk: Path) -> None:
     t = engine.transcribe(decode(jfk), parse_options({"mode": "batched", "word_timestamps": True}))
     words = t.words
     assert len(words) >= 20 and words[0].word.strip() == "And"
@@ -215,7 +219,7 @@ def test_word_timestamps_increase(engine, jfk: Path) -> None:  # type: ignore[no
         assert seg.words and seg.start <= seg.words[0].start and seg.words[-1].end <= seg.end
 
 
-def test_temperature_fallback_triggers_on_a_forced_threshold(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_temperature_fallback_triggers_on_a_forced_threshold(engine: Engine, jfk: Path) -> None:
     batcher = make_batcher(engine.model, batch_size=4)
     audio = decode(jfk)
     try:
@@ -234,7 +238,7 @@ def test_temperature_fallback_triggers_on_a_forced_threshold(engine, jfk: Path) 
         batcher.close()
 
 
-def test_mixed_decode_settings_are_grouped(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mixed_decode_settings_are_grouped(engine: Engine, jfk: Path) -> None:
     batcher = make_batcher(engine.model, batch_size=8, max_wait_s=0.5)
     audio = decode(jfk)
     settings = [{"beam_size": 1}, {"beam_size": 1, "initial_prompt": "Kennedy."}, {"beam_size": 2}, {"beam_size": 1}]
@@ -257,7 +261,7 @@ def test_mixed_decode_settings_are_grouped(engine, jfk: Path) -> None:  # type: 
         batcher.close()
 
 
-def test_language_is_detected_per_request(base_engine, manifest, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_language_is_detected_per_request(base_engine: Engine, manifest: list[Clip], jfk: Path) -> None:
     ja = _clip(manifest, "common_voice_ja_24511055.mp3")
     audios = [decode(jfk), decode(ja.path)]
     with ThreadPoolExecutor(2) as pool:
@@ -266,7 +270,7 @@ def test_language_is_detected_per_request(base_engine, manifest, jfk: Path) -> N
     assert "ask not" in found[0].text.lower() and found[1].text
 
 
-def test_long_audio_is_planned_block_by_block(manifest) -> None:  # type: ignore[no-untyped-def]
+def test_long_audio_is_planned_block_by_block(manifest: list[Clip]) -> None:
     import numpy as np
 
     from koe.audio import SAMPLE_RATE
@@ -411,7 +415,7 @@ def test_announced_items_are_waited_for_and_unannounced_ones_are_not() -> None:
 # -- no wasted work, no lost text (issue 12) -----------------------------------------------------------
 
 
-def test_text_only_decoding_keeps_the_words_and_spans_the_chunks(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_text_only_decoding_keeps_the_words_and_spans_the_chunks(engine: Engine, manifest: list[Clip]) -> None:
     clip = _clip(manifest, "librivox_shakespeare_sonnet_1.mp3")
     audio = decode(clip.path)
     timed = engine.transcribe(audio, parse_options({"mode": "batched"}))
@@ -436,7 +440,9 @@ class _Truncated:
         self.no_speech_prob = result.no_speech_prob
 
 
-def test_a_text_only_chunk_that_stops_early_is_decoded_to_its_end(engine, manifest, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_text_only_chunk_that_stops_early_is_decoded_to_its_end(
+    engine: Engine, manifest: list[Clip], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The recipe's `without_timestamps=True` loses the rest of a window when the model ends it early; koe
     finds the text too short for the speech, locates where it stops, and decodes the rest."""
     from koe.runner import WhisperRunner
@@ -465,7 +471,7 @@ def test_a_text_only_chunk_that_stops_early_is_decoded_to_its_end(engine, manife
     assert "cold" in text.lower()  # the sonnet's last word
 
 
-def test_language_is_found_in_the_first_decodes_encoder_pass(base_engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_language_is_found_in_the_first_decodes_encoder_pass(base_engine: Engine, jfk: Path) -> None:
     batcher = make_batcher(base_engine.model, batch_size=4)
     try:
         result = transcribe_batched(base_engine.model, batcher, decode(jfk).samples, parse_options({}))

@@ -8,7 +8,9 @@ from pathlib import Path
 import jiwer
 import pytest
 
+from conftest import Clip
 from koe.audio import decode
+from koe.engine import Engine
 from koe.errors import OptionsError
 from koe.options import parse_options
 from koe.scoring import cer, normalize_en, normalize_ja, wer
@@ -22,12 +24,12 @@ EN_WER_MAX = 0.06  # tiny.en on 22 clips (172 s): measured 0.031 sequential, 0.0
 JA_CER_MAX = 0.30  # base (multilingual) on the 6 ja/ clips: measured 0.218
 
 
-def _en_clips(manifest):  # type: ignore[no-untyped-def]
+def _en_clips(manifest: list[Clip]) -> list[Clip]:
     return [c for c in manifest if c.path.parent.name == "en" and c.path.name.startswith(EN_SET)
             and not c.approximate]  # fmt: skip
 
 
-def _corpus_wer(engine, clips, mode: str) -> float:  # type: ignore[no-untyped-def]
+def _corpus_wer(engine: Engine, clips: list[Clip], mode: str) -> float:
     refs, hyps = [], []
     for clip in clips:
         transcript = engine.transcribe(decode(clip.path), parse_options({"mode": mode}))
@@ -36,17 +38,17 @@ def _corpus_wer(engine, clips, mode: str) -> float:  # type: ignore[no-untyped-d
     return float(jiwer.wer(refs, hyps))
 
 
-def test_english_wer_sequential(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_english_wer_sequential(engine: Engine, manifest: list[Clip]) -> None:
     clips = _en_clips(manifest)
     assert len(clips) >= 15
     assert _corpus_wer(engine, clips, "sequential") <= EN_WER_MAX
 
 
-def test_english_wer_batched(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_english_wer_batched(engine: Engine, manifest: list[Clip]) -> None:
     assert _corpus_wer(engine, _en_clips(manifest), "batched") <= EN_WER_MAX
 
 
-def test_japanese_cer_with_base(base_engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_japanese_cer_with_base(base_engine: Engine, manifest: list[Clip]) -> None:
     clips = [c for c in manifest if c.path.parent.name == "ja" and not c.approximate]
     assert clips
     refs, hyps = [], []
@@ -58,14 +60,14 @@ def test_japanese_cer_with_base(base_engine, manifest) -> None:  # type: ignore[
     assert float(jiwer.cer(refs, hyps)) <= JA_CER_MAX
 
 
-def test_language_detection(base_engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_language_detection(base_engine: Engine, manifest: list[Clip]) -> None:
     ja = next(c for c in manifest if c.path.name == "common_voice_ja_24511055.mp3")
     transcript = base_engine.transcribe(decode(ja.path))
     assert transcript.language == "ja" and transcript.language_probability > 0.5
     assert cer(ja.reference, transcript.text) < 0.6
 
 
-def test_modes_agree_and_segments_are_well_formed(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_modes_agree_and_segments_are_well_formed(engine: Engine, jfk: Path) -> None:
     audio = decode(jfk)
     texts = {}
     for mode in ("sequential", "batched"):
@@ -80,7 +82,7 @@ def test_modes_agree_and_segments_are_well_formed(engine, jfk: Path) -> None:  #
     assert wer(texts["sequential"], texts["batched"]) <= 0.1
 
 
-def test_progress_reports_audio_seconds(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_progress_reports_audio_seconds(engine: Engine, manifest: list[Clip]) -> None:
     sonnet = next(c for c in manifest if c.path.name == "librivox_shakespeare_sonnet_2.mp3")
     audio = decode(sonnet.path)
     calls: list[tuple[float, float]] = []
@@ -91,7 +93,7 @@ def test_progress_reports_audio_seconds(engine, manifest) -> None:  # type: igno
     assert done == sorted(done) and done[-1] == audio.duration
 
 
-def test_without_vad_and_silence(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_without_vad_and_silence(engine: Engine, jfk: Path) -> None:
     import numpy as np
 
     from koe.audio import Audio
@@ -102,14 +104,14 @@ def test_without_vad_and_silence(engine, jfk: Path) -> None:  # type: ignore[no-
     assert silent.text == "" and silent.segments == []
 
 
-def test_english_only_model_refuses_other_languages(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_english_only_model_refuses_other_languages(engine: Engine, jfk: Path) -> None:
     with pytest.raises(OptionsError, match="English-only"):
         engine.transcribe(decode(jfk), parse_options({"language": "ja"}))
     with pytest.raises(OptionsError, match="cannot translate"):
         engine.transcribe(decode(jfk), parse_options({"task": "translate"}))
 
 
-def test_concurrent_calls_share_one_engine(engine, jfk: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_calls_share_one_engine(engine: Engine, jfk: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     audio = decode(jfk)
@@ -119,7 +121,7 @@ def test_concurrent_calls_share_one_engine(engine, jfk: Path) -> None:  # type: 
     assert all("ask not what your country" in t.lower() for t in texts)
 
 
-def test_stream_yields_segments_as_they_finish(engine, manifest) -> None:  # type: ignore[no-untyped-def]
+def test_stream_yields_segments_as_they_finish(engine: Engine, manifest: list[Clip]) -> None:
     import time
 
     sonnet = next(c for c in manifest if c.path.name == "librivox_shakespeare_sonnet_3.mp3")

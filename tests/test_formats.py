@@ -11,6 +11,7 @@ import srt
 import webvtt
 
 from koe.audio import decode
+from koe.engine import Engine
 from koe.errors import NotAcceptableError, OptionsError
 from koe.formats import FORMATS, check_format, format_for_accept, render, timestamp
 from koe.options import parse_options
@@ -18,7 +19,7 @@ from koe.transcript import Segment, Transcript, Word
 
 
 @pytest.fixture(scope="module")
-def transcript(engine, jfk: Path) -> Transcript:  # type: ignore[no-untyped-def]
+def transcript(engine: Engine, jfk: Path) -> Transcript:
     return engine.transcribe(decode(jfk), parse_options({"word_timestamps": True}))
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from koe.errors import OptionsError
 
-# faster_whisper.tokenizer._LANGUAGE_CODES, in its order (tests/test_imports.py asserts they match): importing it
+# faster_whisper.tokenizer._LANGUAGE_CODES, in its order (tests/fast/test_imports.py asserts they match): importing it
 # would load CTranslate2 into every process that reads options, `koe deploy` and the SageMaker handler included.
 # fmt: off
 LANGUAGES: tuple[str, ...] = (
