@@ -565,7 +565,7 @@ def test_stop_reports_job_threads_still_inside_the_model(tmp_path: Path) -> None
 class _NoEngines:
     """Engines for a pool whose jobs never load a model."""
 
-    loaded = 0
+    loaded_count = 0
     on_change = None
 
     def close(self) -> None:

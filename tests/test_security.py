@@ -28,6 +28,7 @@ from jobs_support import boto_client, koe_env, moto_server, start_server, wait_f
 from koe.api import create_app
 from koe.api.app import DEFAULT_ROUTERS
 from koe.api.runtime import AwsError, parse_async_headers
+from koe.api.state import app_state
 from koe.bodies import MultipartReader
 from koe.config import Settings
 from koe.engine import Engine
@@ -737,7 +738,7 @@ CONTROL_LOCATIONS = ["a\x1b[31mred.wav", "a\r\n2026-01-01 INFO koe: forged.wav",
 def test_control_characters_in_locations_are_refused(open_app: FastAPI, api_url: str) -> None:
     """ESC, CR/LF, U+2028, bidi overrides (raw or percent-encoded) in a location would forge or hide log lines:
     such a location is refused (403) before a job exists."""
-    root = open_app.state.settings.data_dir
+    root = app_state(open_app).settings.data_dir
     with httpx.Client(base_url=api_url, timeout=30) as http:
         for name in CONTROL_LOCATIONS:
             for field in ("input_location", "output_path"):
@@ -966,7 +967,7 @@ def test_audio_memory_in_flight_is_capped(engine: Engine, tmp_path: Path) -> Non
                         heartbeat_s=0.2, reap_interval_s=0.2)  # fmt: skip
     app = create_app(settings, engine_factory=lambda _: engine)
     with TestClient(app, base_url="http://127.0.0.1") as client:
-        hog = app.state.audio_memory.claim(wait=False)
+        hog = app_state(app).audio_memory.claim(wait=False)
         hog.grow(48 * 2**20)  # another request's audio, still held
         try:
             raw = client.post("/invocations", content=CLIP.read_bytes(), headers={"Content-Type": "audio/wav"})
@@ -986,7 +987,7 @@ def test_audio_memory_in_flight_is_capped(engine: Engine, tmp_path: Path) -> Non
         view = wait_for(lambda: _finished_view(client, job["id"]), 120, 0.1, "the job")
         assert view["status"] == "completed"
         assert "weather" in client.get(f"/v1/jobs/{job['id']}/result").text.lower()
-        assert app.state.audio_memory.used == 0
+        assert app_state(app).audio_memory.used == 0
 
 
 def _finished_view(client: Any, job_id: str) -> dict[str, Any] | None:

@@ -18,7 +18,8 @@ from jobs_support import JFK_WORDS, REGION, Receiver, boto_client, moto_server, 
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import NotReadyError
-from koe.jobs import EngineHolder, Job, JobStatus, LocalEndpoint
+from koe.jobs import Job, JobStatus, LocalEndpoint
+from koe.ondemand import EngineHolder
 from koe.storage import file_location, parse_location
 
 SONNET = AUDIO_DIR / "en" / "librivox_shakespeare_sonnet_1.mp3"
@@ -152,11 +153,11 @@ def test_model_unloads_when_idle_and_reloads(tmp_path: Path, engine: Engine) -> 
     endpoint, loader = make_endpoint(tmp_path, engine, model_idle_s=0.5)
     endpoint.start()
     try:
-        assert endpoint.engines.loaded == 0  # nothing loads before the first job
+        assert endpoint.engines.loaded_count == 0  # nothing loads before the first job
         endpoint.submit(file_location(short), job_id="one")
         assert finished(endpoint, "one").status is JobStatus.COMPLETED
         assert loader.loads == 1
-        wait_for(lambda: endpoint.engines.loaded == 0, 10, what="the idle model to unload")
+        wait_for(lambda: endpoint.engines.loaded_count == 0, 10, what="the idle model to unload")
         wait_for(lambda: endpoint.queue.stats().models_loaded == 0, 5, what="the worker row to say so")
         endpoint.submit(file_location(short), job_id="two")
         assert finished(endpoint, "two").status is JobStatus.COMPLETED

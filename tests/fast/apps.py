@@ -11,8 +11,10 @@ import httpx
 from fastapi import FastAPI
 
 from koe.api import create_app
+from koe.api.state import app_state
 from koe.config import Settings
 from koe.engine import Engine
+from koe.provider import LoadedModel
 
 BASE_URL = "http://127.0.0.1:8080"  # the Host a loopback client sends; the site check accepts it
 
@@ -23,8 +25,9 @@ async def served(app: FastAPI, *, ready: bool = True) -> AsyncIterator[httpx.Asy
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, timeout=30) as client:
-            if ready:
-                await until(lambda: app.state.engine is not None or app.state.engine_error is not None)
+            models = app_state(app).models
+            if ready and isinstance(models, LoadedModel):  # on demand: nothing loads before it is asked for
+                await until(lambda: models.loaded() is not None or models.error is not None)
             yield client
 
 

@@ -2,7 +2,8 @@
 
 - Nothing happens at import. The lifespan starts loading the Engine in a worker thread and the server
   listens at once, so `GET /ping` answers 503 while the model loads and 200 afterwards.
-- State lives on `app.state`: `settings`, `engine` (None until loaded), `engine_error` (why loading failed).
+- State lives in one typed `AppState` (koe.api.state): the settings, the model provider (loaded at start, or
+  on demand on `koe serve`), the audio memory budget, the metrics, and the local endpoint's jobs.
 - Routes come from a list of routers (`DEFAULT_ROUTERS`, or the caller's), so later doors (jobs, OpenAI,
   SageMaker runtime API, metrics, the web page) add a router and nothing else.
 - One place maps errors to responses: a `KoeError` becomes `errors.error_body()` with `errors.http_status()`;
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -28,10 +29,14 @@ from koe import __version__
 from koe.api import auth, jobs, metrics, openai, runtime, sagemaker, web
 from koe.api.limits import HeaderLimitMiddleware
 from koe.api.sites import SiteCheckMiddleware
+from koe.api.state import AppState, app_state
 from koe.audio import AudioMemory
 from koe.config import Settings
 from koe.engine import Engine
-from koe.errors import KoeError, ModelUnavailableError, error_body, error_headers, http_status
+from koe.errors import KoeError, error_body, error_headers, http_status
+from koe.jobs.endpoint import on_demand_models
+from koe.metrics import Metrics
+from koe.provider import LoadedModel, ModelProvider
 
 logger = logging.getLogger("koe.api")
 
@@ -61,12 +66,14 @@ def create_app(
         title="koe",
         version=__version__,
         summary="Fast speech-to-text on faster-whisper",
-        lifespan=_lifespan(factory),
+        lifespan=_lifespan,
     )
-    app.state.settings = settings
-    app.state.audio_memory = AudioMemory(settings.max_audio_memory)  # shared by sync routes and the job workers
-    app.state.engine = None
-    app.state.engine_error = None
+    app.state.koe = AppState(
+        settings=settings,
+        models=_models(settings, factory),
+        audio_memory=AudioMemory(settings.max_audio_memory),
+        metrics=Metrics(),
+    )
     for router in routers:
         app.include_router(router)
     install_error_handlers(app)
@@ -81,47 +88,39 @@ def _default_factory(settings: Settings) -> Engine:
     return Engine.from_settings(settings)
 
 
-def _lifespan(factory: EngineFactory) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The local endpoint (settings.jobs_enabled: `koe serve`) loads models on demand and unloads them
-        # when idle; otherwise the model loads now, for /ping.
-        local = app.state.settings.jobs_enabled
-        # Each synchronous request holds a thread while its chunks wait in the batcher: enough threads for
-        # two full batches, so a batch's worth of clients never waits for a thread (anyio's default is 40).
-        limiter = anyio.to_thread.current_default_thread_limiter()
-        limiter.total_tokens = max(limiter.total_tokens, 2 * app.state.settings.batch_size + 8)
-        if local:
-            await jobs.start_jobs(app, factory)
-        loading = None if local else asyncio.create_task(_load_engine(app, factory))
-        try:
-            yield
-        finally:
-            if loading is not None:
-                loading.cancel()
-            await jobs.stop_jobs(app)
-            # Requests still running in threads keep their own reference to the engine; dropping ours lets
-            # the model go when the last of them finishes.
-            app.state.engine = None
-
-    return lifespan
+def _models(settings: Settings, factory: EngineFactory) -> ModelProvider:
+    """`koe serve` (settings.jobs_enabled) loads models on demand and unloads them when idle; otherwise the
+    one model loads at start, for /ping."""
+    if settings.jobs_enabled:
+        return on_demand_models(settings, lambda name: factory(settings.model_copy(update={"model": name})))
+    return LoadedModel(settings.model, lambda: factory(settings))
 
 
-async def _load_engine(app: FastAPI, factory: EngineFactory) -> None:
-    settings: Settings = app.state.settings
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app_state(app)
+    # Each synchronous request holds a thread while its chunks wait in the batcher: enough threads for
+    # two full batches, so a batch's worth of clients never waits for a thread (anyio's default is 40).
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = max(limiter.total_tokens, 2 * state.settings.batch_size + 8)
+    models = state.models
+    loading = None
+    if isinstance(models, LoadedModel):  # the container: the model loads now (in a thread), for /ping
+        loading = asyncio.create_task(_load(models))
+    else:  # the local endpoint: its models load on demand
+        await jobs.start_jobs(app)
     try:
-        engine = await anyio.to_thread.run_sync(factory, settings, abandon_on_cancel=True)
-    except KoeError as exc:
-        logger.error("cannot load the model: %s", exc.message)
-        app.state.engine_error = exc
-        return
-    except Exception as exc:
-        logger.exception("cannot load the model")
-        app.state.engine_error = ModelUnavailableError(f"cannot load the model: {type(exc).__name__}: {exc}")
-        return
-    app.state.engine = engine
-    placement = engine.placement
-    logger.info("ready: model %s on %s/%s", engine.name, placement.device, placement.compute_type)
+        yield
+    finally:
+        if loading is not None:
+            loading.cancel()
+        await jobs.stop_jobs(app)
+        if isinstance(models, LoadedModel):
+            models.close()
+
+
+async def _load(models: LoadedModel) -> None:
+    await anyio.to_thread.run_sync(models.load, abandon_on_cancel=True)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -25,7 +25,6 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -39,17 +38,17 @@ from starlette.responses import JSONResponse, Response
 
 from koe.api import schema
 from koe.api.inputs import read_limited, received_body
+from koe.api.state import app_state
 from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, body_kind, header_options
-from koe.config import Settings
 from koe.engine import job_slots
 from koe.errors import InputError
 from koe.jobs.endpoint import LocalEndpoint
 from koe.jobs.model import Job
 from koe.jobs.queue import new_job_id
-from koe.metrics import Metrics
+from koe.ondemand import OnDemandModels
 
 if TYPE_CHECKING:
-    from koe.engine import Engine
+    pass
 
 logger = logging.getLogger("koe.api.jobs")
 
@@ -62,7 +61,7 @@ NUMBER_FIELDS = ("ttl_s", "timeout_s")
 
 
 def local_endpoint(request: Request) -> LocalEndpoint:
-    endpoint: LocalEndpoint | None = getattr(request.app.state, "jobs", None)
+    endpoint = app_state(request).jobs
     if endpoint is None:
         raise HTTPException(404, "the jobs API is off on this server (koe serve turns it on: KOE_JOBS_ENABLED)")
     return endpoint
@@ -198,23 +197,20 @@ def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
 # -- the app's lifespan -------------------------------------------------------------------------------
 
 
-async def start_jobs(app: FastAPI, load_model: Callable[[Settings], Engine]) -> LocalEndpoint:
-    """Start the local endpoint (queue, worker pool, reaper) and put it on `app.state.jobs`."""
-    settings: Settings = app.state.settings
-    metrics: Metrics | None = getattr(app.state, "metrics", None)
-
-    def load(name: str) -> Engine:
-        return load_model(settings.model_copy(update={"model": name}))
-
-    memory = app.state.audio_memory  # one budget for the sync routes and the jobs of this process
+async def start_jobs(app: FastAPI) -> LocalEndpoint:
+    """Start the local endpoint (queue, worker pool, reaper) on the app's on-demand models; it becomes the
+    app state's `jobs`."""
+    state = app_state(app)
+    settings = state.settings
+    models = state.models
+    assert isinstance(models, OnDemandModels), "the local endpoint loads its models on demand"
 
     def build() -> LocalEndpoint:
-        return LocalEndpoint(settings, load_model=load, metrics=metrics, audio_memory=memory)
+        return LocalEndpoint(settings, metrics=state.metrics, audio_memory=state.audio_memory, engines=models)
 
     endpoint = await anyio.to_thread.run_sync(build)
     endpoint.start()
-    app.state.jobs = endpoint
-    app.state.metrics = endpoint.metrics
+    state.jobs = endpoint
     _chain_signals(endpoint)
     logger.info(
         "local endpoint: data in %s, %d job slot(s), model %s loads on demand",
@@ -225,12 +221,13 @@ async def start_jobs(app: FastAPI, load_model: Callable[[Settings], Engine]) -> 
 
 async def stop_jobs(app: FastAPI) -> None:
     """Drain the worker pool (two-stage: see WorkerPool.stop) and close the endpoint."""
-    endpoint: LocalEndpoint | None = getattr(app.state, "jobs", None)
+    state = app_state(app)
+    endpoint = state.jobs
     if endpoint is None:
         return
     await anyio.to_thread.run_sync(endpoint.stop)
-    app.state.threads_left_running = endpoint.pool.threads_left_running
-    app.state.jobs = None
+    state.threads_left_running = endpoint.pool.threads_left_running
+    state.jobs = None
 
 
 def _chain_signals(endpoint: LocalEndpoint) -> None:

@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from koe.api.deps import app_settings, audio_claim, engine_for
+from koe.api.deps import app_models, app_settings, audio_claim, engine_for
 from koe.api.inputs import received_body
 from koe.api.routing import scoped_errors
 from koe.audio import Audio, AudioLimits, MemoryClaim, decode
@@ -60,14 +60,12 @@ from koe.errors import (
     http_status,
 )
 from koe.formats import CONTENT_TYPES, fit_options, render, speakers, verbose_dict
-from koe.jobs.endpoint import LocalEndpoint
-from koe.models import list_models as koe_models
 from koe.options import DEFAULT_TEMPERATURES, TranscribeOptions, parse_options
+from koe.provider import WHISPER_1
 from koe.transcript import Segment, Transcript, join_text
 
 logger = logging.getLogger("koe.api.openai")
 
-WHISPER_1 = "whisper-1"
 PATH_PREFIXES = ("/v1/audio/", "/v1/models")
 """The paths of this API (the rest of /v1/ is koe's own: jobs, the web page's helpers)."""
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
@@ -248,58 +246,21 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def served_models(settings: Settings) -> list[str]:
-    """The model ids every koe server answers to: its model, and `whisper-1` for it."""
-    return list(dict.fromkeys([settings.model, WHISPER_1]))
-
-
-def local_endpoint(request: Request) -> LocalEndpoint | None:
-    """The local endpoint (`koe serve`), which loads any known model on demand; None in the container."""
-    endpoint: LocalEndpoint | None = getattr(request.app.state, "jobs", None)
-    return endpoint
-
-
-def offline_models(settings: Settings) -> list[str]:
-    """Other koe models this machine can load without a network (bundled, or already downloaded)."""
-    return [info.name for info in koe_models(settings.cache_dir) if info.ready]
-
-
 def model_ids(request: Request) -> list[str]:
     """The model ids /v1/models lists: the served model, `whisper-1`, and on `koe serve` every other model it
     can load on demand without a network."""
-    settings = app_settings(request)
-    ids = served_models(settings)
-    if local_endpoint(request) is not None:
-        ids += offline_models(settings)
-    return list(dict.fromkeys(ids))
+    return app_models(request).names()
 
 
 def check_model(request: Request, model: str) -> None:
     """UnknownModelError (404) unless `model` is one this server can run."""
-    settings = app_settings(request)
-    if model in served_models(settings):
-        return
-    if local_endpoint(request) is not None:
-        known = {info.name for info in koe_models(settings.cache_dir)}
-        if model in known:
-            return
-        raise UnknownModelError(
-            f"model: unknown model {model!r}; use {WHISPER_1!r} (the server's default, {settings.model}) "
-            f"or one of: {', '.join(sorted(known))}"
-        )
-    raise UnknownModelError(
-        f"model: {model!r} is not served here; use {settings.model!r} or {WHISPER_1!r} (the same model)"
-    )
+    app_models(request).check(model)
 
 
 async def model_engine(request: Request, model: str) -> Engine:
     """The engine for `model`: the served one, or on `koe serve` another model, loaded on demand (waits)."""
     check_model(request, model)
-    local = local_endpoint(request)
-    if local is None or model in served_models(app_settings(request)):
-        return await engine_for(request)
-    holder = local.engines.holder(model)
-    return await run_in_threadpool(holder.get)
+    return await engine_for(request, model)
 
 
 def model_card(model: str) -> ModelCard:

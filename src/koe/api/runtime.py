@@ -54,6 +54,7 @@ from koe.api.deps import app_settings, engine_for
 from koe.api.inputs import received_body
 from koe.api.routing import scoped_errors
 from koe.api.sagemaker import transcribe_request
+from koe.api.state import app_state
 from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, accept_format, header_options
 from koe.config import Settings
 from koe.errors import (
@@ -300,7 +301,7 @@ def parse_async_headers(headers: Mapping[str, str], settings: Settings) -> Async
 async def invoke_endpoint(request: Request, endpoint_name: str) -> Response:
     settings = app_settings(request)
     check_endpoint(settings, endpoint_name)
-    if getattr(request.app.state, "jobs", None) is not None:
+    if app_state(request).jobs is not None:
         await engine_for(request)  # koe serve loads the model on demand: wait for it rather than answer 429
     try:
         response = await transcribe_request(request, max_bytes=settings.max_sync_bytes)
@@ -335,7 +336,7 @@ async def invoke_endpoint_async(request: Request, endpoint_name: str) -> JSONRes
 
 async def submit(request: Request, invocation: AsyncInvocation) -> tuple[str, str]:
     """Queue the invocation on the local endpoint; (output location, failure location)."""
-    endpoint: LocalEndpoint | None = getattr(request.app.state, "jobs", None)
+    endpoint = app_state(request).jobs
     if endpoint is None:
         raise AwsError(
             VALIDATION,

@@ -15,11 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from koe.api import schema
-from koe.api.deps import app_settings, audio_claim, check_health, engine_for, loaded_engine
+from koe.api.deps import app_models, app_settings, audio_claim, engine_for
 from koe.api.inputs import received_body
 from koe.audio import AudioLimits, decode
 from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, accept_format, body_kind, header_options, merge_options
-from koe.errors import ModelUnavailableError
 from koe.formats import CONTENT_TYPES, fit_options, render
 
 router = APIRouter(tags=["sagemaker"])
@@ -27,11 +26,7 @@ router = APIRouter(tags=["sagemaker"])
 
 @router.get("/ping", summary="Health check: 200 once the model is loaded; 503 before, or after a fatal GPU error")
 async def ping(request: Request) -> Response:
-    check_health(request)
-    engine = loaded_engine(request)
-    if engine is not None and engine.failed:
-        # The CUDA context is broken for good: say so, and SageMaker replaces the instance.
-        raise ModelUnavailableError(f"the GPU failed and this instance must be replaced: {engine.failed}")
+    app_models(request).healthy()
     return Response(status_code=200)
 
 

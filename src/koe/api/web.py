@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from koe.api.deps import app_settings
-from koe.config import Settings
-from koe.models import list_models
+from koe.api.deps import app_models
+from koe.api.state import app_state
+from koe.provider import ALIASES, ModelProvider
 
 router = APIRouter(tags=["web"])
 
@@ -51,7 +51,7 @@ def asset(name: str) -> bytes:
 
 
 def _response(request: Request, name: str) -> Response:
-    if not app_settings(request).jobs_enabled:  # the SageMaker container: no jobs API for the page to call
+    if app_state(request).jobs is None:  # the SageMaker container: no jobs API for the page to call
         raise HTTPException(404, "the web page runs with the local endpoint (koe serve)")
     return Response(asset(name), media_type=ASSETS[name], headers=HEADERS)
 
@@ -68,15 +68,13 @@ async def static(request: Request, name: str) -> Response:
     return _response(request, name)
 
 
-def job_models(settings: Settings) -> dict[str, Any]:
-    """The server's model first, then every other model koe can load here without a download."""
-    others = [m.name for m in list_models(settings.cache_dir) if m.ready and m.name != settings.model]
-    return {"default": settings.model, "models": [settings.model, *others]}
+def job_models(models: ModelProvider) -> dict[str, Any]:
+    """The server's model first, then every other model koe can load here without a download (no aliases)."""
+    return {"default": models.default, "models": [name for name in models.names() if name not in ALIASES]}
 
 
 @router.get("/v1/web/models", include_in_schema=False)
 async def models(request: Request) -> dict[str, Any]:
-    settings = app_settings(request)
-    if not settings.jobs_enabled:
+    if app_state(request).jobs is None:
         raise HTTPException(404, "the web page runs with the local endpoint (koe serve)")
-    return await run_in_threadpool(job_models, settings)
+    return await run_in_threadpool(job_models, app_models(request))

@@ -37,6 +37,7 @@ def serve_command(
     Ctrl-C (or SIGTERM) drains and stops; a second one releases running jobs back to the queue at once."""
     from koe.api import create_app
     from koe.api.server import check_exposure, configure_logging, run
+    from koe.api.state import app_state
 
     overrides: dict[str, Any] = {
         "model": model, "host": host, "port": port, "device": device, "compute_type": compute_type,
@@ -52,7 +53,7 @@ def serve_command(
     if not run(app, settings, log_level=log_level):
         sys.stdout.flush()
         os._exit(1)  # forced: request threads may still be running; don't wait for them
-    if getattr(app.state, "threads_left_running", 0):  # jobs released, their threads still in the model
+    if app_state(app).threads_left_running:  # jobs released, their threads still in the model
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)  # finalizing the interpreter under them would abort (SIGABRT)

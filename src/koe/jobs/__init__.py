@@ -1,12 +1,11 @@
 """The local async endpoint's jobs: model, SQLite queue, worker pool, notifications.
 
 LocalEndpoint (endpoint.py) ── JobQueue (queue.py) ── Job / JobStatus (model.py)
-                            ├─ WorkerPool (worker.py) ── Engines (engines.py)
+                            ├─ WorkerPool (worker.py) ── OnDemandModels (koe.ondemand)
                             └─ Notifier (notify.py)
 """
 
 from koe.jobs.endpoint import LocalEndpoint
-from koe.jobs.engines import EngineHolder, Engines
 from koe.jobs.model import Job, JobRequest, JobStatus
 from koe.jobs.notify import Notifier, notification
 from koe.jobs.queue import Claim, JobQueue, QueueStats, Reaped, migrate
@@ -14,8 +13,6 @@ from koe.jobs.worker import WorkerConfig, WorkerPool
 
 __all__ = [
     "Claim",
-    "EngineHolder",
-    "Engines",
     "Job",
     "JobQueue",
     "JobRequest",

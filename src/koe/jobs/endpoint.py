@@ -20,14 +20,14 @@ from pydantic import ValidationError
 
 from koe.audio import AudioMemory
 from koe.config import Settings
-from koe.errors import JobConflictError, JobNotFinishedError, OptionsError
+from koe.errors import JobConflictError, JobNotFinishedError, OptionsError, UnknownModelError
 from koe.formats import CONTENT_TYPES, check_format, render
-from koe.jobs.engines import Engines
 from koe.jobs.model import Job, JobRequest, JobStatus, valid_job_id
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import JobQueue, new_job_id
 from koe.jobs.worker import WorkerConfig, WorkerPool, remove_upload
 from koe.metrics import Metrics
+from koe.ondemand import OnDemandModels
 from koe.options import TranscribeOptions, describe_validation_error, parse_options
 from koe.storage import ObjectStore, file_location, make_private_dir, object_name
 from koe.transcript import Transcript
@@ -59,6 +59,7 @@ class LocalEndpoint:
         store: ObjectStore | None = None,
         queue: JobQueue | None = None,
         audio_memory: AudioMemory | None = None,
+        engines: OnDemandModels | None = None,
     ) -> None:
         self.settings = settings
         make_private_dir(settings.data_dir)
@@ -67,12 +68,7 @@ class LocalEndpoint:
         self.notifier = notifier or Notifier.from_settings(settings)
         self.metrics = metrics or Metrics()
         self.config = WorkerConfig.from_settings(settings)
-        self.engines = Engines(
-            load_model or _loader(settings),
-            default=settings.model,
-            idle_s=settings.model_idle_s,
-            unload=unload_model,
-        )
+        self.engines = engines or on_demand_models(settings, load_model, unload_model)
         self.pool = WorkerPool(
             self.queue,
             self.store,
@@ -186,14 +182,11 @@ class LocalEndpoint:
 
     def _model(self, model: str | None) -> str | None:
         """The model a job asks for: None for the server's own; else a model this server knows by name."""
-        if model is None or self.engines.name(model) == self.settings.model:
-            return None
-        from koe.models import list_models
-
-        known = {info.name for info in list_models(self.settings.cache_dir)}
-        if model not in known:
-            raise OptionsError(f"model: unknown model {model!r}; known: {', '.join(sorted(known))}")
-        return model
+        try:
+            name = self.engines.check(model)
+        except UnknownModelError as exc:  # an invalid field of the job (422), as every other
+            raise OptionsError(exc.message) from None
+        return None if name == self.engines.default else name
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -233,6 +226,21 @@ class LocalEndpoint:
         if stored is None:  # pragma: no cover - completed jobs always store it
             raise JobConflictError(f"job {job_id!r} has no stored transcript")
         return render(Transcript.model_validate_json(stored), name), CONTENT_TYPES[name]
+
+
+def on_demand_models(
+    settings: Settings,
+    load_model: Callable[[str], Engine] | None = None,
+    unload_model: Callable[[Engine], None] | None = None,
+) -> OnDemandModels:
+    """The local endpoint's models: `settings.model` by default, any known model on demand, unloaded when idle."""
+    return OnDemandModels(
+        load_model or _loader(settings),
+        default=settings.model,
+        idle_s=settings.model_idle_s,
+        unload=unload_model,
+        cache_dir=settings.cache_dir,
+    )
 
 
 def _loader(settings: Settings) -> Callable[[str], Engine]:

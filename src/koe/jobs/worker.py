@@ -38,11 +38,11 @@ from koe.config import Settings
 from koe.engine import job_slots
 from koe.errors import JobTimeoutError, KoeError, StorageFullError
 from koe.formats import CONTENT_TYPES, fit_options, render
-from koe.jobs.engines import Engines
 from koe.jobs.model import Job, JobErrorInfo, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import Claim, JobQueue
 from koe.metrics import Metrics
+from koe.ondemand import OnDemandModels
 from koe.storage import ObjectStore, parse_location
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class WorkerPool:
         self,
         queue: JobQueue,
         store: ObjectStore,
-        engines: Engines,
+        engines: OnDemandModels,
         *,
         config: WorkerConfig | None = None,
         notifier: Notifier | None = None,
@@ -461,7 +461,7 @@ class WorkerPool:
 
     def _report_alive(self) -> None:
         self.queue.worker_heartbeat(
-            self.worker_id, concurrency=self.config.concurrency, models_loaded=self.engines.loaded
+            self.worker_id, concurrency=self.config.concurrency, models_loaded=self.engines.loaded_count
         )
 
     def _model_changed(self, loaded: bool) -> None:

@@ -1,9 +1,10 @@
-"""Models loaded only while there is work: the local counterpart of scaling to zero.
+"""Models loaded only while there is work: the local counterpart of scaling to zero (`koe serve`).
 
 `EngineHolder` owns one model. `use()` loads it on first need (concurrent first users share one load) and
 counts users; `unload_if_idle()` lets it go after `idle_s` seconds without a user. Letting go means
 dropping the holder's reference: the model's memory is freed when the last user holding the Engine (a
-synchronous request, say) finishes, never under it. `Engines` keeps one holder per model name.
+synchronous request, say) finishes, never under it. `OnDemandModels` keeps one holder per model name and is
+the `koe.provider.ModelProvider` of the local endpoint.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from koe.errors import KoeError, ModelUnavailableError, NotReadyError
+from koe.errors import KoeError, ModelUnavailableError, NotReadyError, UnknownModelError
+from koe.provider import ALIASES, WHISPER_1, known_models, offline_models
 
 if TYPE_CHECKING:
     from koe.engine import Engine
 
-logger = logging.getLogger("koe.jobs.engines")
+logger = logging.getLogger("koe.ondemand")
 
 
 class EngineHolder:
@@ -56,6 +59,11 @@ class EngineHolder:
     @property
     def loaded(self) -> bool:
         return self._engine is not None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine if loaded (never loads it)."""
+        return self._engine
 
     @contextmanager
     def use(self) -> Iterator[Engine]:
@@ -150,10 +158,9 @@ class EngineHolder:
                 logger.exception("model state callback failed")
 
 
-class Engines:
-    """One EngineHolder per model name; `None` (or an alias of it) means the default model."""
-
-    ALIASES = frozenset({"", "default", "whisper-1"})
+class OnDemandModels:
+    """One EngineHolder per model name; `None` (or an alias of it) means the default model. Any model koe
+    knows (`koe models`) can be asked for; it is loaded on first use."""
 
     def __init__(
         self,
@@ -163,9 +170,11 @@ class Engines:
         idle_s: float,
         unload: Callable[[Engine], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cache_dir: Path | None = None,
     ) -> None:
         self._load = load
         self.default = default
+        self.cache_dir = cache_dir
         self.idle_s = idle_s
         self._unload = unload
         self._clock = clock
@@ -175,7 +184,43 @@ class Engines:
         """Called with True after a model loads and False after one unloads."""
 
     def name(self, model: str | None) -> str:
-        return self.default if model is None or model in self.ALIASES else model
+        return self.default if model is None or model in ALIASES else model
+
+    # -- koe.provider.ModelProvider ---------------------------------------------------------------------------
+
+    def check(self, model: str | None) -> str:
+        name = self.name(model)
+        if name == self.default:
+            return name
+        known = known_models(self._models_dir())
+        if name not in known:
+            raise UnknownModelError(
+                f"model: unknown model {model!r}; use {WHISPER_1!r} (the server's default, {self.default}) "
+                f"or one of: {', '.join(sorted(known))}"
+            )
+        return name
+
+    def names(self) -> list[str]:
+        return list(dict.fromkeys([self.default, WHISPER_1, *offline_models(self._models_dir())]))
+
+    def get(self, model: str | None = None) -> Engine:
+        return self.holder(model).get()
+
+    def ready(self, model: str | None = None) -> Engine:
+        return self.holder(model).ready()
+
+    def loaded(self, model: str | None = None) -> Engine | None:
+        return self.holder(model).engine
+
+    def healthy(self) -> None:
+        """Always: a model that is not loaded is loaded on demand, so it is no fault here."""
+
+    def _models_dir(self) -> Path:
+        from koe.config import default_cache_dir
+
+        return self.cache_dir or default_cache_dir()
+
+    # -- holders ------------------------------------------------------------------------------------------------
 
     def holder(self, model: str | None = None) -> EngineHolder:
         name = self.name(model)
@@ -199,7 +244,7 @@ class Engines:
             return list(self._holders.values())
 
     @property
-    def loaded(self) -> int:
+    def loaded_count(self) -> int:
         """How many models are loaded."""
         return sum(1 for h in self.holders() if h.loaded)
 
