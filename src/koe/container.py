@@ -24,6 +24,7 @@ from pathlib import Path
 from koe.config import Settings
 from koe.errors import KoeError
 from koe.models import is_model_dir, resolve
+from koe.shutdown import end
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 BAKED_MODEL_DIR = Path("/opt/koe/model")
@@ -73,10 +74,7 @@ def serve() -> int:
     configure_logging()
     settings = container_settings()
     logger.info("serving model %s on %s:%d", settings.model, settings.host, settings.port)
-    if not run(create_app(settings), settings):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)  # forced: request threads may still be running; don't wait for them
+    end(forced=not run(create_app(settings), settings))
     return 0
 
 

@@ -235,3 +235,15 @@ def error_headers(error: KoeError) -> dict[str, str]:
 def error_body(error: KoeError) -> dict[str, Any]:
     """The JSON body every door answers an error with (and async jobs write to their failure location)."""
     return {"error": {"type": error.type, "message": error.message}}
+
+
+def internal_error(exc: BaseException) -> KoeError:
+    """What a door answers for an unexpected exception: its class name only (500). The traceback and the
+    message, which may hold paths or data, go to the log."""
+    return KoeError(f"internal error ({type(exc).__name__}); see the server log")
+
+
+def too_large_for_sync(exc: InputTooLargeError, door: str, limit: int, instead: str) -> str:
+    """The message for an input over a synchronous door's limit (KOE_MAX_SYNC_BYTES): the limit, and where
+    larger inputs go (`instead`)."""
+    return f"{exc.message.rstrip('.')}. {door} takes up to {limit} bytes (KOE_MAX_SYNC_BYTES); {instead}"

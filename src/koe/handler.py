@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from koe import transcription
 from koe.audio import Audio, AudioLimits, decode
 from koe.bodies import (
     CUSTOM_ATTRIBUTES_HEADER,
@@ -33,8 +34,8 @@ from koe.bodies import (
     parse_multipart_bytes,
 )
 from koe.config import Settings
-from koe.errors import KoeError, error_body, http_status
-from koe.formats import CONTENT_TYPES, Format, fit_options, render
+from koe.errors import KoeError, error_body, http_status, internal_error
+from koe.formats import CONTENT_TYPES, Format, render
 from koe.options import TranscribeOptions
 from koe.transcript import Transcript
 
@@ -89,14 +90,12 @@ def predict_fn(data: Any, model: Engine, context: Any = None) -> Any:
     if isinstance(data, Failure):
         return data
     try:
-        model.check(data.options)
-        options = fit_options(data.options, [data.fmt]) if data.fmt else data.options
-        return Prediction(model.transcribe(data.audio, options), data.fmt)
+        return Prediction(transcription.check(model, data.options, [data.fmt]).transcribe(data.audio), data.fmt)
     except KoeError as exc:
         return _fail(exc, context)
     except Exception as exc:
         logger.exception("transcription failed")
-        return _fail(KoeError(f"internal error ({type(exc).__name__}); see the log"), context)
+        return _fail(internal_error(exc), context)
 
 
 def output_fn(prediction: Any, accept: str | None, context: Any = None) -> tuple[bytes, str]:

@@ -33,7 +33,7 @@ from koe.api.state import AppState, app_state
 from koe.audio import AudioMemory
 from koe.config import Settings
 from koe.engine import Engine
-from koe.errors import KoeError, error_body, error_headers, http_status
+from koe.errors import KoeError, error_body, error_headers, http_status, internal_error
 from koe.jobs.endpoint import on_demand_models
 from koe.metrics import Metrics
 from koe.provider import LoadedModel, ModelProvider
@@ -154,9 +154,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # The traceback goes to the log (Starlette re-raises to the server after this response), not the body.
-    message = f"internal error ({type(exc).__name__}); see the server log"
-    body = {"error": {"type": "internal_error", "message": message}}
-    return JSONResponse(body, status_code=500)
+    return JSONResponse(error_body(internal_error(exc)), status_code=500)
 
 
 __all__ = ["DEFAULT_ROUTERS", "EngineFactory", "create_app", "install_error_handlers"]

@@ -45,7 +45,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from koe.api.deps import app_models, app_settings, audio_claim, engine_for
 from koe.api.inputs import received_body
 from koe.api.routing import scoped_errors
-from koe.audio import Audio, AudioLimits, MemoryClaim, decode
+from koe.audio import Audio, AudioLimits, MemoryClaim
 from koe.bodies import body_kind
 from koe.config import Settings
 from koe.engine import Engine
@@ -58,11 +58,14 @@ from koe.errors import (
     UnknownModelError,
     error_headers,
     http_status,
+    internal_error,
+    too_large_for_sync,
 )
-from koe.formats import CONTENT_TYPES, fit_options, render, speakers, verbose_dict
+from koe.formats import CONTENT_TYPES, render, speakers, verbose_dict
 from koe.options import DEFAULT_TEMPERATURES, TranscribeOptions, parse_options
 from koe.provider import WHISPER_1
 from koe.transcript import Segment, Transcript, join_text
+from koe.transcription import check
 
 logger = logging.getLogger("koe.api.openai")
 
@@ -118,7 +121,7 @@ def error_payload(exc: Exception) -> tuple[int, dict[str, Any]]:
         body = error_json(status, str(exc.detail), code=None)
     else:
         status = 500
-        body = error_json(status, f"internal error ({type(exc).__name__}); see the server log", code="internal_error")
+        body = error_json(status, internal_error(exc).message, code="internal_error")
     if status >= 500:
         logger.error("OpenAI API request failed: %s", body["error"]["message"], exc_info=exc)
     return status, body
@@ -196,7 +199,7 @@ def parse_fields(fields: Mapping[str, str], task: Task) -> AudioRequest:
         mapped["word_timestamps"] = True
     for name in sorted(set(mapped) & set(rest)):
         raise OptionsError(f"{name}: set by this route's own fields; don't send it as a koe option too")
-    options = fit_options(parse_options({**rest, **mapped}), [fmt])
+    options = parse_options({**rest, **mapped})  # fitted to `fmt` by transcription.check
     return AudioRequest(model, fmt, stream, granularities, options)
 
 
@@ -360,21 +363,18 @@ async def _answer(request: Request, task: Task, settings: Settings, limit: int, 
                     f"model: {engine.name} is English-only and cannot translate; use a multilingual model "
                     "(e.g. model=base on `koe serve`, or serve one: `koe serve --model base`)"
                 )
-            engine.check(asked.options)
+            transcription = check(engine, asked.options, [asked.format])
             limits = AudioLimits(limit, settings.max_duration_s)
-            audio = await run_in_threadpool(decode, body.audio, limits, memory=memory)
+            audio = await run_in_threadpool(transcription.decode, body.audio, limits, memory=memory)
     except InputTooLargeError as exc:
-        raise InputTooLargeError(
-            f"{exc.message.rstrip('.')}. The synchronous API takes up to {limit} bytes (KOE_MAX_SYNC_BYTES); "
-            + ASYNC_HINT
-        ) from None
+        raise InputTooLargeError(too_large_for_sync(exc, "The synchronous API", limit, ASYNC_HINT)) from None
     if asked.stream:
         return StreamingResponse(
-            releasing(sse_events(engine, audio, asked.options), memory),
+            releasing(sse_events(engine, audio, transcription.options), memory),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    transcript = await run_in_threadpool(engine.transcribe, audio, asked.options)
+    transcript = await run_in_threadpool(transcription.transcribe, audio)
     memory.release()
     return render_transcript(transcript, asked)
 

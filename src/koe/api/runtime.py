@@ -64,6 +64,8 @@ from koe.errors import (
     NotReadyError,
     error_body,
     http_status,
+    internal_error,
+    too_large_for_sync,
 )
 from koe.formats import Format, fit_options
 from koe.jobs.endpoint import LocalEndpoint
@@ -150,7 +152,7 @@ def render_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 400
         return aws_error_response(VALIDATION, str(detail), status)
     logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return aws_error_response(INTERNAL, f"internal error ({type(exc).__name__}); see the koe server log", 500)
+    return aws_error_response(INTERNAL, internal_error(exc).message, 500)
 
 
 def koe_error_response(exc: KoeError, *, synchronous: bool) -> JSONResponse:
@@ -307,12 +309,8 @@ async def invoke_endpoint(request: Request, endpoint_name: str) -> Response:
         response = await transcribe_request(request, max_bytes=settings.max_sync_bytes)
     except InputTooLargeError as exc:
         limit = min(settings.max_sync_bytes, settings.max_input_bytes)
-        raise AwsError(
-            VALIDATION,
-            f"{exc.message.rstrip('.')}. InvokeEndpoint takes up to {limit} bytes (KOE_MAX_SYNC_BYTES); "
-            "for larger inputs use InvokeEndpointAsync (upload the audio, then invoke_endpoint_async)",
-            413,
-        ) from None
+        instead = "for larger inputs use InvokeEndpointAsync (upload the audio, then invoke_endpoint_async)"
+        raise AwsError(VALIDATION, too_large_for_sync(exc, "InvokeEndpoint", limit, instead), 413) from None
     response.headers["x-Amzn-Invoked-Production-Variant"] = VARIANT
     return response
 

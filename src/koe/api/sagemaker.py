@@ -17,9 +17,10 @@ from starlette.responses import Response
 from koe.api import schema
 from koe.api.deps import app_models, app_settings, audio_claim, engine_for
 from koe.api.inputs import received_body
-from koe.audio import AudioLimits, decode
+from koe.audio import AudioLimits
 from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, accept_format, body_kind, header_options, merge_options
-from koe.formats import CONTENT_TYPES, fit_options, render
+from koe.formats import CONTENT_TYPES, render
+from koe.transcription import check
 
 router = APIRouter(tags=["sagemaker"])
 
@@ -48,8 +49,7 @@ async def transcribe_request(request: Request, max_bytes: int | None = None) -> 
     spool = received_body(request, max_bytes=limit, spool_dir=settings.spool_dir)
     with audio_claim(request) as memory:
         async with spool as body:
-            options = fit_options(merge_options(attributes, body.fields), [fmt])
-            engine.check(options)
-            audio = await run_in_threadpool(decode, body.audio, limits, memory=memory)
-        transcript = await run_in_threadpool(engine.transcribe, audio, options)
+            transcription = check(engine, merge_options(attributes, body.fields), [fmt])
+            audio = await run_in_threadpool(transcription.decode, body.audio, limits, memory=memory)
+        transcript = await run_in_threadpool(transcription.transcribe, audio)
     return Response(render(transcript, fmt), media_type=CONTENT_TYPES[fmt])

@@ -13,8 +13,6 @@ The client commands talk to the server at --server (KOE_SERVER, default http://1
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +26,7 @@ from rich.table import Table
 
 from koe.config import Settings
 from koe.formats import EXTENSIONS
+from koe.shutdown import end
 
 err = Console(stderr=True)
 
@@ -75,10 +74,7 @@ def worker_command(
         endpoint.pool.run_until_signalled()
     finally:
         endpoint.stop(0)
-    if endpoint.pool.threads_left_running:  # jobs released, their threads still in the model
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # finalizing the interpreter under them would abort (SIGABRT)
+    end(threads_in_model=endpoint.pool.threads_left_running)
 
 
 # -- the client ----------------------------------------------------------------------------------------------

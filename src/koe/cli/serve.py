@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from koe.config import Settings
+from koe.shutdown import end
 
 
 def register(app: typer.Typer) -> None:
@@ -50,10 +49,5 @@ def serve_command(
     configure_logging(log_level)
     check_exposure(settings)
     app = create_app(settings)
-    if not run(app, settings, log_level=log_level):
-        sys.stdout.flush()
-        os._exit(1)  # forced: request threads may still be running; don't wait for them
-    if app_state(app).threads_left_running:  # jobs released, their threads still in the model
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)  # finalizing the interpreter under them would abort (SIGABRT)
+    forced = not run(app, settings, log_level=log_level)
+    end(forced=forced, threads_in_model=app_state(app).threads_left_running)

@@ -6,22 +6,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from koe.audio import AudioLimits, decode
+from koe import transcription
+from koe.audio import AudioLimits
 from koe.config import Settings
 from koe.errors import KoeError
-from koe.formats import EXTENSIONS, check_format, fit_options, render
-from koe.options import TranscribeOptions, parse_options
+from koe.formats import EXTENSIONS, check_format, render
+from koe.options import parse_options
 from koe.transcript import Transcript
-
-if TYPE_CHECKING:
-    from koe.engine import Engine
 
 err = Console(stderr=True)
 
@@ -84,22 +82,20 @@ def transcribe_command(
         )
         from koe.engine import Engine  # here: the other commands start without CTranslate2
 
-        engine = Engine.from_settings(settings)
-        engine.check(options)
+        request = transcription.check(Engine.from_settings(settings), options, formats)
     except KoeError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from None
     limits = AudioLimits(settings.max_input_bytes, settings.max_duration_s)
-    outcomes = _run_all(engine, files, options, formats, output_dir, limits)
+    outcomes = _run_all(request, files, formats, output_dir, limits)
     _summary(outcomes)
     if any(o.error for o in outcomes):
         raise typer.Exit(1)
 
 
 def _run_all(
-    engine: Engine,
+    request: transcription.Transcription,
     files: list[Path],
-    options: TranscribeOptions,
     formats: Sequence[str],
     output_dir: Path | None,
     limits: AudioLimits,
@@ -112,10 +108,10 @@ def _run_all(
             outcome = Outcome(path)
             started = time.perf_counter()
             try:
-                audio = decode(path, limits)
+                audio = request.decode(path, limits)
                 outcome.duration = audio.duration
                 bar.update(task, total=audio.duration)
-                transcript = engine.transcribe(audio, fit_options(options, formats), progress=_updater(bar, task))
+                transcript = request.transcribe(audio, _updater(bar, task))
                 _emit(transcript, path, formats, output_dir)
                 outcome.warnings = transcript.warnings
                 for warning in transcript.warnings:

@@ -33,11 +33,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from koe import transcription
 from koe.audio import AudioLimits, AudioMemory, MemoryClaim, decode
 from koe.config import Settings
 from koe.engine import job_slots
 from koe.errors import JobTimeoutError, KoeError, StorageFullError
-from koe.formats import CONTENT_TYPES, fit_options, render
+from koe.formats import CONTENT_TYPES, render
 from koe.jobs.model import Job, JobErrorInfo, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import Claim, JobQueue
@@ -337,8 +338,7 @@ class WorkerPool:
         with self.engines.use(job.request.model) as engine:
             if running.reason:
                 raise Aborted(running.reason)
-            engine.check(job.options)
-            return engine.transcribe(audio, fit_options(job.options, [job.format]), progress=progress)
+            return transcription.check(engine, job.options, [job.format]).transcribe(audio, progress)
 
     def _flush(self, running: Running) -> None:
         """Renew the lease and record progress; abort the job if the deadline passed or the lease is gone."""
