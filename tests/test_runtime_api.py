@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
 from conftest import AUDIO_DIR
-from koe.api.runtime import AwsError, check_endpoint, parse_async_headers
+from koe.api.runtime import RuntimeApiError, check_endpoint, parse_async_headers
 from koe.audio import AudioLimits, decode
 from koe.config import Settings
 from media import encode_audio
@@ -219,7 +219,7 @@ def test_async_header_defaults_and_aws_wording() -> None:
     parsed = parse_async_headers({"x-amzn-sagemaker-inputlocation": "s3://b/k"}, settings)
     assert (parsed.ttl_s, parsed.timeout_s, parsed.format) == (21600, 900, "verbose_json")
     assert len(parsed.inference_id) == 36  # a generated UUID, as SageMaker does
-    with pytest.raises(AwsError) as caught:
+    with pytest.raises(RuntimeApiError) as caught:
         parse_async_headers(
             {"x-amzn-sagemaker-requestttlseconds": "59", "x-amzn-sagemaker-invocationtimeoutseconds": "x"}, settings
         )
@@ -230,7 +230,7 @@ def test_endpoint_names() -> None:
     check_endpoint(Settings(), "Any-Name-1")
     strict = Settings(strict_endpoint_name=True, endpoint_name="koe")
     check_endpoint(strict, "koe")
-    with pytest.raises(AwsError) as caught:
+    with pytest.raises(RuntimeApiError) as caught:
         check_endpoint(strict, "other")
     assert (caught.value.code, caught.value.status) == ("ValidationError", 404)
     assert caught.value.message == "Endpoint other of account local not found."

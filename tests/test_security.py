@@ -27,7 +27,7 @@ from jobs_support import KOE as KOE_CLI
 from jobs_support import boto_client, koe_env, moto_server, start_server, wait_for
 from koe.api import create_app
 from koe.api.app import DEFAULT_ROUTERS
-from koe.api.runtime import AwsError, parse_async_headers
+from koe.api.runtime import RuntimeApiError, parse_async_headers
 from koe.api.state import app_state
 from koe.bodies import MultipartReader
 from koe.config import Settings
@@ -298,7 +298,7 @@ def test_async_invocation_headers_either_parse_or_are_refused(headers: dict[str,
     parses is within SageMaker's limits."""
     try:
         invocation = parse_async_headers(headers, Settings())
-    except (AwsError, KoeError):
+    except (RuntimeApiError, KoeError):
         return
     assert 60 <= invocation.ttl_s <= 21600 and 1 <= invocation.timeout_s <= 3600
     assert 1 <= len(invocation.inference_id) <= 64

@@ -69,7 +69,8 @@ def container_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def serve() -> int:
     from koe.api import create_app
-    from koe.api.server import configure_logging, run
+    from koe.api.server import run
+    from koe.logs import configure_logging
 
     configure_logging()
     settings = container_settings()

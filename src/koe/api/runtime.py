@@ -103,8 +103,9 @@ OUTPUT_LOCATION_HEADER = "X-Amzn-SageMaker-OutputLocation"
 FAILURE_LOCATION_HEADER = "X-Amzn-SageMaker-FailureLocation"
 
 
-class AwsError(Exception):
-    """An error answered with an AWS error code of its own (not derived from a KoeError)."""
+class RuntimeApiError(Exception):
+    """An error the runtime API answers with an AWS error code of its own (koe.errors.AwsError is another
+    thing: a failed call to AWS by the deploy commands)."""
 
     def __init__(self, code: str, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -113,11 +114,11 @@ class AwsError(Exception):
         self.status = status
 
 
-def validation_error(problems: list[str]) -> AwsError:
+def validation_error(problems: list[str]) -> RuntimeApiError:
     """AWS's wording: "2 validation errors detected: Value '5' at 'requestTTLSeconds' failed to ...; ..."."""
     count = len(problems)
     noun = "validation error" if count == 1 else "validation errors"
-    return AwsError(VALIDATION, f"{count} {noun} detected: {'; '.join(problems)}")
+    return RuntimeApiError(VALIDATION, f"{count} {noun} detected: {'; '.join(problems)}")
 
 
 def _value_problem(value: str, member: str, constraint: str) -> str:
@@ -143,7 +144,7 @@ def aws_error_response(
 
 def render_error(request: Request, exc: Exception) -> Response:
     synchronous = not request.url.path.endswith("/async-invocations")
-    if isinstance(exc, AwsError):
+    if isinstance(exc, RuntimeApiError):
         return aws_error_response(exc.code, exc.message, exc.status)
     if isinstance(exc, KoeError):
         return koe_error_response(exc, synchronous=synchronous)
@@ -189,7 +190,7 @@ def check_endpoint(settings: Settings, name: str) -> None:
             else [_value_problem(name, "endpointName", "have length less than or equal to 63")]
         )
     if settings.strict_endpoint_name and name != settings.endpoint_name:
-        raise AwsError(VALIDATION, f"Endpoint {name} of account local not found.", 404)
+        raise RuntimeApiError(VALIDATION, f"Endpoint {name} of account local not found.", 404)
 
 
 # InvokeEndpointAsync headers ------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ async def invoke_endpoint(request: Request, endpoint_name: str) -> Response:
     except InputTooLargeError as exc:
         limit = min(settings.max_sync_bytes, settings.max_input_bytes)
         instead = "for larger inputs use InvokeEndpointAsync (upload the audio, then invoke_endpoint_async)"
-        raise AwsError(VALIDATION, too_large_for_sync(exc, "InvokeEndpoint", limit, instead), 413) from None
+        raise RuntimeApiError(VALIDATION, too_large_for_sync(exc, "InvokeEndpoint", limit, instead), 413) from None
     response.headers["x-Amzn-Invoked-Production-Variant"] = VARIANT
     return response
 
@@ -336,7 +337,7 @@ async def submit(request: Request, invocation: AsyncInvocation) -> tuple[str, st
     """Queue the invocation on the local endpoint; (output location, failure location)."""
     endpoint = app_state(request).jobs
     if endpoint is None:
-        raise AwsError(
+        raise RuntimeApiError(
             VALIDATION,
             "this server has no async queue: InvokeEndpointAsync works on `koe serve` (KOE_JOBS_ENABLED); "
             "in the SageMaker container, SageMaker itself queues async invocations",
@@ -385,7 +386,7 @@ async def inline_input(request: Request, endpoint: LocalEndpoint, limit: int, in
         async with received_body(request, max_bytes=limit, spool_dir=endpoint.settings.spool_dir) as body:
             return await run_in_threadpool(endpoint.ingest_upload, body.audio, inference_id)
     except InputTooLargeError as exc:
-        raise AwsError(
+        raise RuntimeApiError(
             VALIDATION,
             f"{exc.message.rstrip('.')}. An inline Body takes up to {limit} bytes (KOE_MAX_SYNC_BYTES); "
             "upload larger inputs and pass their InputLocation",

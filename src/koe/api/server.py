@@ -7,7 +7,6 @@ The first SIGTERM (or Ctrl-C) stops accepting connections and lets in-flight req
 from __future__ import annotations
 
 import logging
-import sys
 from types import FrameType
 
 import uvicorn
@@ -69,14 +68,3 @@ def check_exposure(settings: Settings) -> None:
     if not settings.insecure:
         raise SystemExit(f"koe serve: refusing to start: {problem}. Set KOE_API_KEYS, or pass --insecure.")
     logger.warning("INSECURE: %s (--insecure)", problem)
-
-
-def configure_logging(level: str = "info") -> None:
-    """Log koe's messages to stderr next to uvicorn's (CloudWatch picks up both in a container)."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request's full URL at INFO: a client's webhook URL may carry credentials.
-    logging.getLogger("httpx").setLevel(logging.WARNING)

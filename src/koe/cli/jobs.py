@@ -58,8 +58,8 @@ def worker_command(
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Run a worker on the local endpoint's queue until SIGTERM (twice: release running jobs at once)."""
-    from koe.api.server import configure_logging
     from koe.jobs.endpoint import LocalEndpoint
+    from koe.logs import configure_logging
 
     overrides: dict[str, Any] = {
         "worker_concurrency": concurrency,

@@ -35,8 +35,9 @@ def serve_command(
     """Serve the local async endpoint (/v1/jobs, /metrics) plus GET /ping and POST /invocations.
     Ctrl-C (or SIGTERM) drains and stops; a second one releases running jobs back to the queue at once."""
     from koe.api import create_app
-    from koe.api.server import check_exposure, configure_logging, run
+    from koe.api.server import check_exposure, run
     from koe.api.state import app_state
+    from koe.logs import configure_logging
 
     overrides: dict[str, Any] = {
         "model": model, "host": host, "port": port, "device": device, "compute_type": compute_type,
