@@ -39,7 +39,7 @@ from jobs_support import (
     wait_for,
 )
 from koe.errors import StorageFullError
-from koe.jobs.model import JobRequest, JobStatus
+from koe.jobs.job import JobRequest, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import JobQueue
 from koe.jobs.worker import WorkerConfig, WorkerPool, run_effects

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from jobs_support import boto_client, moto_server, webhook_receiver
-from koe.jobs.model import Job, JobErrorInfo, JobRequest, JobStatus
+from koe.jobs.job import Job, JobErrorInfo, JobRequest, JobStatus
 from koe.jobs.notify import Notifier, iso_time, notification, topic_region
 from koe.jobs.webhook import WebhookPolicy
 

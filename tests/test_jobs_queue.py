@@ -17,7 +17,7 @@ from koe.errors import (
     KoeError,
     OptionsError,
 )
-from koe.jobs.model import JobRequest, JobStatus
+from koe.jobs.job import JobRequest, JobStatus
 from koe.jobs.queue import MIGRATIONS, JobQueue, migrate
 from koe.options import parse_options
 

@@ -33,7 +33,7 @@ from koe.bodies import MultipartReader
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import KoeError, LocationError
-from koe.jobs.model import valid_job_id
+from koe.jobs.job import valid_job_id
 from koe.options import format_custom_attributes, parse_custom_attributes, parse_options
 from koe.storage import FileStore, Location, ObjectStore, S3Store, object_name, parse_location
 from reliability import FaultProxy
@@ -536,7 +536,7 @@ def test_configured_names_and_the_container_accept_their_hosts(tmp_path: Path) -
 
 
 def _finished_job(webhook_url: str) -> Any:
-    from koe.jobs.model import Job, JobRequest, JobStatus
+    from koe.jobs.job import Job, JobRequest, JobStatus
 
     request = JobRequest(
         input_location="file:///in.wav",

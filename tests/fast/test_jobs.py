@@ -17,7 +17,7 @@ from fakes import FakeEngine, MemoryStore
 
 from koe.config import Settings
 from koe.jobs.endpoint import LocalEndpoint
-from koe.jobs.model import JobStatus
+from koe.jobs.job import JobStatus
 from koe.storage import FileStore, ObjectStore, S3Store
 
 

@@ -43,7 +43,7 @@ from koe.bodies import CUSTOM_ATTRIBUTES_HEADER, body_kind, header_options
 from koe.engine import job_slots
 from koe.errors import InputError
 from koe.jobs.endpoint import LocalEndpoint
-from koe.jobs.model import Job
+from koe.jobs.job import Job
 from koe.jobs.queue import new_job_id
 from koe.ondemand import OnDemandModels
 

@@ -22,7 +22,7 @@ from koe.audio import AudioMemory
 from koe.config import Settings
 from koe.errors import JobConflictError, JobNotFinishedError, OptionsError, UnknownModelError
 from koe.formats import CONTENT_TYPES, check_format, render
-from koe.jobs.model import Job, JobRequest, JobStatus, valid_job_id
+from koe.jobs.job import Job, JobRequest, JobStatus, valid_job_id
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import JobQueue, new_job_id
 from koe.jobs.worker import WorkerConfig, WorkerPool, remove_upload

@@ -29,7 +29,7 @@ import httpx
 from koe.config import Settings
 from koe.errors import KoeError
 from koe.formats import CONTENT_TYPES
-from koe.jobs.model import Job, JobStatus
+from koe.jobs.job import Job, JobStatus
 from koe.jobs.webhook import Target, WebhookPolicy, redact_url
 
 logger = logging.getLogger("koe.jobs.notify")

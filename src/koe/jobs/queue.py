@@ -45,7 +45,7 @@ from koe.errors import (
     OptionsError,
     StorageFullError,
 )
-from koe.jobs.model import Job, JobErrorInfo, JobRequest, JobStatus, valid_job_id
+from koe.jobs.job import Job, JobErrorInfo, JobRequest, JobStatus, valid_job_id
 from koe.storage import make_private_dir
 
 logger = logging.getLogger("koe.jobs.queue")

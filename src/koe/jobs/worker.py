@@ -39,7 +39,7 @@ from koe.config import Settings
 from koe.engine import job_slots
 from koe.errors import JobTimeoutError, KoeError, StorageFullError
 from koe.formats import CONTENT_TYPES, render
-from koe.jobs.model import Job, JobErrorInfo, JobStatus
+from koe.jobs.job import Job, JobErrorInfo, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import Claim, JobQueue
 from koe.metrics import Metrics
