@@ -52,16 +52,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger("koe.jobs.worker")
 
 
+def _setting(name: str) -> float:
+    default: float = Settings.model_fields[name].default
+    return default
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
-    """How a pool works. Defaults match `Settings`."""
+    """How a pool works. The defaults are `Settings`' own (read from its fields, so they are written once)."""
 
     concurrency: int = 1
-    lease_s: float = 30.0
-    heartbeat_s: float = 5.0
-    poll_s: float = 0.5
-    reap_interval_s: float = 5.0
-    grace_s: float = 25.0
+    lease_s: float = _setting("lease_s")
+    heartbeat_s: float = _setting("heartbeat_s")
+    poll_s: float = _setting("poll_s")
+    reap_interval_s: float = _setting("reap_interval_s")
+    grace_s: float = _setting("shutdown_grace_s")
     progress_interval_s: float = 0.5
     limits: AudioLimits = field(default_factory=AudioLimits)
     uploads_dir: Path | None = None
