@@ -352,51 +352,56 @@ class JobQueue:
         self, claim: Claim, lease_s: float, *, done_s: float | None = None, total_s: float | None = None
     ) -> bool:
         """Extend the lease (and record progress). False: the lease is gone and the worker must stop."""
-        now = self.clock()
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE jobs SET lease_until = ?, progress_done_s = COALESCE(?, progress_done_s),"
-                " progress_total_s = COALESCE(?, progress_total_s)"
-                " WHERE id = ? AND lease_token = ? AND status = 'running'",
-                (now + lease_s, done_s, total_s, claim.job.id, claim.token),
-            )
-        return cur.rowcount == 1
+        row = self._update_held(
+            claim,
+            "lease_until = ?, progress_done_s = COALESCE(?, progress_done_s),"
+            " progress_total_s = COALESCE(?, progress_total_s)",
+            (self.clock() + lease_s, done_s, total_s),
+        )
+        return row is not None
 
     def complete(self, claim: Claim, *, content_type: str, transcript_json: str) -> Job | None:
         """Mark the job completed, if `claim` still holds it; None if it does not (nothing changes)."""
         now = self.clock()
-        with self._write() as db:
-            row = db.execute(
-                "UPDATE jobs SET status = 'completed', finished_at = ?, lease_until = NULL,"
-                " output_content_type = ?, transcript = ?, progress_done_s = COALESCE(progress_total_s, 0),"
-                " effects_pending = 1, effects_lease_until = ?"
-                " WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING *",
-                (now, content_type, transcript_json, now + EFFECTS_LEASE_S, claim.job.id, claim.token),
-            ).fetchone()
+        row = self._update_held(
+            claim,
+            "status = 'completed', finished_at = ?, lease_until = NULL, output_content_type = ?, transcript = ?,"
+            " progress_done_s = COALESCE(progress_total_s, 0), effects_pending = 1, effects_lease_until = ?",
+            (now, content_type, transcript_json, now + EFFECTS_LEASE_S),
+        )
         return _job(row) if row else None
 
     def fail(self, claim: Claim, error: KoeError) -> Job | None:
         """Mark the job failed with `error`, if `claim` still holds it; None if it does not."""
         now = self.clock()
-        with self._write() as db:
-            row = db.execute(
-                "UPDATE jobs SET status = 'failed', finished_at = ?, lease_until = NULL,"
-                " error_type = ?, error_message = ?, effects_pending = 1, effects_lease_until = ?"
-                " WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING *",
-                (now, error.type, error.message, now + EFFECTS_LEASE_S, claim.job.id, claim.token),
-            ).fetchone()
+        row = self._update_held(
+            claim,
+            "status = 'failed', finished_at = ?, lease_until = NULL,"
+            " error_type = ?, error_message = ?, effects_pending = 1, effects_lease_until = ?",
+            (now, error.type, error.message, now + EFFECTS_LEASE_S),
+        )
         return _job(row) if row else None
 
     def release(self, claim: Claim, *, count_attempt: bool = False) -> bool:
         """Put a held job back in the queue (a worker stopping); by default the attempt does not count."""
+        row = self._update_held(
+            claim,
+            "status = 'queued', worker_id = NULL, lease_token = NULL, lease_until = NULL,"
+            " deadline_at = NULL, progress_done_s = 0, attempts = attempts - ?",
+            (0 if count_attempt else 1,),
+        )
+        return row is not None
+
+    def _update_held(self, claim: Claim, assignments: str, values: tuple[Any, ...]) -> sqlite3.Row | None:
+        """`UPDATE jobs SET <assignments>` on the claimed job, only while `claim` still holds its lease (same
+        token, still running): the one check that keeps a reaped worker from touching a job. The row after, or
+        None when the lease is gone (nothing changed)."""
         with self._write() as db:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_token = NULL, lease_until = NULL,"
-                " deadline_at = NULL, progress_done_s = 0, attempts = attempts - ?"
-                " WHERE id = ? AND lease_token = ? AND status = 'running'",
-                (0 if count_attempt else 1, claim.job.id, claim.token),
-            )
-        return cur.rowcount == 1
+            row: sqlite3.Row | None = db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? AND lease_token = ? AND status = 'running' RETURNING *",
+                (*values, claim.job.id, claim.token),
+            ).fetchone()
+        return row
 
     # -- the reaper ----------------------------------------------------------------------------------
 
