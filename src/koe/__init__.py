@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from koe.audio import Audio, AudioLimits, decode
+    from koe.client import Client
     from koe.config import Settings
     from koe.engine import Engine
     from koe.errors import (
@@ -36,6 +37,7 @@ _MODULES = {
     "Audio": "koe.audio",
     "AudioLimits": "koe.audio",
     "decode": "koe.audio",
+    "Client": "koe.client",
     "Settings": "koe.config",
     "Engine": "koe.engine",
     "render": "koe.formats",
@@ -66,6 +68,7 @@ __all__ = [
     "Audio",
     "AudioLimits",
     "AudioTooLongError",
+    "Client",
     "EmptyInputError",
     "Engine",
     "EngineError",

@@ -51,6 +51,7 @@ def test_koe_public_names_are_pinned() -> None:
         "Audio",
         "AudioLimits",
         "AudioTooLongError",
+        "Client",
         "EmptyInputError",
         "Engine",
         "EngineError",
@@ -74,9 +75,9 @@ def test_koe_public_names_are_pinned() -> None:
 
 
 def test_every_public_name_resolves_to_its_module_object() -> None:
-    from koe import audio, config, engine, errors, formats, options, transcript
+    from koe import audio, client, config, engine, errors, formats, options, transcript
 
-    modules = (audio, config, engine, errors, formats, options, transcript)
+    modules = (audio, client, config, engine, errors, formats, options, transcript)
     for name in koe.__all__:
         value = getattr(koe, name)
         assert any(getattr(module, name, None) is value for module in modules), name

@@ -14,24 +14,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from koe.client import DEFAULT_SERVER, FINISHED, ApiError, Client, UnreachableError
 from koe.config import Settings
 from koe.formats import EXTENSIONS
 from koe.shutdown import end
 
 err = Console(stderr=True)
 
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-FINISHED = ("completed", "failed", "expired", "cancelled")
 
 Server = Annotated[str, typer.Option("--server", envvar="KOE_SERVER", help="The koe server's URL.")]
 ApiKey = Annotated[
@@ -80,47 +79,15 @@ def worker_command(
 # -- the client ----------------------------------------------------------------------------------------------
 
 
-class Client:
-    """A small client for the jobs API; errors become a red line and exit code 2."""
-
-    def __init__(self, server: str, api_key: str | None = None) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=httpx.Timeout(30, read=600))
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.http.close()
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            err.print(f"[red]error:[/red] cannot reach {self.http.base_url}: {exc}")
-            raise typer.Exit(2) from None
-        if response.is_error:
-            raise ApiError(response)
-        return response
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("GET", f"/v1/jobs/{quote(job_id)}").json()
-        return result
-
-    def result(self, job_id: str, fmt: str | None) -> str:
-        params = {"format": fmt} if fmt else {}
-        return self.call("GET", f"/v1/jobs/{quote(job_id)}/result", params=params).text
-
-
-class ApiError(Exception):
-    def __init__(self, response: httpx.Response) -> None:
-        try:
-            error = response.json().get("error", {})
-            message = error.get("message") or response.text
-        except (ValueError, AttributeError):
-            message = response.text
-        super().__init__(f"HTTP {response.status_code}: {message}")
-        self.status = response.status_code
+@contextmanager
+def _client(server: str, api_key: str | None) -> Iterator[Client]:
+    """A Client for the command; a server that cannot be reached is a red line and exit code 2."""
+    try:
+        with Client(server, api_key) as client:
+            yield client
+    except UnreachableError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _fail(exc: ApiError) -> typer.Exit:
@@ -152,13 +119,12 @@ def submit_command(
               "num_speakers": num_speakers}  # fmt: skip
     data = {k: v for k, v in fields.items() if v is not None}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"))
-    with Client(server, api_key) as client, Progress(*columns, TimeElapsedColumn(), console=err) as bar:
+    with _client(server, api_key) as client, Progress(*columns, TimeElapsedColumn(), console=err) as bar:
         jobs: list[tuple[Path, str, TaskID]] = []
         for path in files:
             task_id = bar.add_task(path.name, total=None, state="uploading")
             try:
-                with path.open("rb") as fh:
-                    view = client.call("POST", "/v1/jobs", data=data, files={"file": (path.name, fh)}).json()
+                view = client.submit(path, **data)
             except ApiError as exc:
                 bar.update(task_id, state=f"[red]{exc}[/red]", total=1, completed=0)
                 continue
@@ -227,16 +193,13 @@ def jobs_command(
     api_key: ApiKey = None,
 ) -> None:
     """List jobs, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    with Client(server, api_key) as client:
+    with _client(server, api_key) as client:
         try:
-            body = client.call("GET", "/v1/jobs", params=params).json()
+            listed = client.jobs(status, limit)
         except ApiError as exc:
             raise _fail(exc) from None
     table = Table("id", "status", "progress", "created", "error")
-    for view in body["jobs"]:
+    for view in listed:
         progress = view.get("progress") or {}
         total = progress.get("total_s")
         shown = f"{progress.get('done_s', 0):.0f}/{total:.0f} s" if total else "-"
@@ -252,7 +215,7 @@ def job_command(
     api_key: ApiKey = None,
 ) -> None:
     """Show one job (JSON): status, progress, timings, locations, error."""
-    with Client(server, api_key) as client:
+    with _client(server, api_key) as client:
         try:
             typer.echo(json.dumps(client.job(job_id), indent=2))
         except ApiError as exc:
@@ -266,7 +229,7 @@ def result_command(
     api_key: ApiKey = None,
 ) -> None:
     """Print a completed job's transcript, in any format (no transcribing again)."""
-    with Client(server, api_key) as client:
+    with _client(server, api_key) as client:
         try:
             body = client.result(job_id, fmt)
         except ApiError as exc:
