@@ -39,10 +39,11 @@ from jobs_support import (
     wait_for,
 )
 from koe.errors import StorageFullError
+from koe.jobs.effects import run_effects
 from koe.jobs.job import JobRequest, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import JobQueue
-from koe.jobs.worker import WorkerConfig, WorkerPool, run_effects
+from koe.jobs.worker import WorkerConfig, WorkerPool
 from koe.metrics import Metrics
 from koe.storage import FileStore, ObjectStore, file_location
 from reliability import FINISHED, Fault, FaultProxy, OutputWatcher, can_mount, fill, integrity, read_jobs, report, tmpfs

@@ -22,10 +22,11 @@ from koe.audio import AudioMemory
 from koe.config import Settings
 from koe.errors import JobConflictError, JobNotFinishedError, OptionsError, UnknownModelError
 from koe.formats import CONTENT_TYPES, check_format, render
+from koe.jobs.effects import remove_upload
 from koe.jobs.job import Job, JobRequest, JobStatus, valid_job_id
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import JobQueue, new_job_id
-from koe.jobs.worker import WorkerConfig, WorkerPool, remove_upload
+from koe.jobs.worker import WorkerConfig, WorkerPool
 from koe.metrics import Metrics
 from koe.ondemand import OnDemandModels
 from koe.options import TranscribeOptions, describe_validation_error, parse_options

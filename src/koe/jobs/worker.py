@@ -4,7 +4,7 @@ A pool has `concurrency` job threads and one maintenance thread. A job thread cl
 from storage, decodes it within the limits, transcribes it (recording progress as audio seconds done/total),
 writes `<output location>` in the requested format and completes the job, conditional on still holding
 its lease. Errors fail the job; its failure object and notifications are the job's *effects*, done by a
-small executor (and, after a crash, by whichever process's maintenance thread finds them pending).
+small thread pool (koe.jobs.effects; after a crash, by whichever process's maintenance thread finds them pending).
 
 The maintenance thread renews the leases of in-flight jobs (heartbeat), fails jobs past their invocation
 timeout, reaps the queue (lapsed leases, TTLs), performs pending effects, reports this worker as alive, and
@@ -18,7 +18,6 @@ releases everything at once.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -27,7 +26,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -39,12 +37,13 @@ from koe.config import Settings
 from koe.engine import job_slots
 from koe.errors import JobTimeoutError, KoeError, StorageFullError
 from koe.formats import CONTENT_TYPES, render
-from koe.jobs.job import Job, JobErrorInfo, JobStatus
+from koe.jobs.effects import Effects
+from koe.jobs.job import Job, JobStatus
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import Claim, JobQueue
 from koe.metrics import Metrics
 from koe.ondemand import OnDemandModels
-from koe.storage import ObjectStore, parse_location
+from koe.storage import ObjectStore
 
 if TYPE_CHECKING:
     from koe.transcript import Transcript
@@ -152,7 +151,8 @@ class WorkerPool:
         self.threads_left_running = 0
         """After `stop()`: job threads that did not finish (their jobs were released). A process must then end with
         `os._exit`: finalizing the interpreter under a thread that is inside CTranslate2 aborts it (SIGABRT)."""
-        self._effects = ThreadPoolExecutor(max_workers=2, thread_name_prefix="koe-effects")
+        self._effects = Effects(store, self.notifier, queue, self.metrics,
+                                uploads=self.config.uploads_dir, retry_s=self.config.reap_interval_s)  # fmt: skip
         engines.on_change = self._model_changed
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class WorkerPool:
         self._halt.set()
         if self._threads:
             self._threads[-1].join(timeout=5.0)
-        self._effects.shutdown(wait=True, cancel_futures=True)
+        self._effects.shutdown()
         try:
             self.queue.worker_gone(self.worker_id)
         except Exception:
@@ -313,7 +313,7 @@ class WorkerPool:
         self.metrics.audio_seconds.inc(transcript.duration)
         if done.started_at is not None and done.finished_at is not None:
             self.metrics.processing_time.observe(max(0.0, done.finished_at - done.started_at))
-        self._submit_effects(done)
+        self._effects.submit(done)
 
     def _transcribe(self, running: Running) -> Transcript:
         """Decode and transcribe within a claim on the process's audio memory (waiting for it if need be)."""
@@ -402,32 +402,7 @@ class WorkerPool:
             return
         logger.warning("job %s: failed: %s: %s", failed.id, error.type, error.message)
         self.metrics.invocation_failures.inc()
-        self._submit_effects(failed)
-
-    # -- effects: failure objects and notifications ------------------------------------------------
-
-    def _submit_effects(self, job: Job) -> None:
-        try:
-            self._effects.submit(self._do_effects, job)
-        except RuntimeError:  # the executor is shut down: do it here
-            self._do_effects(job)
-
-    def _do_effects(self, job: Job) -> None:
-        try:
-            run_effects(job, self.store, self.notifier, self.queue, self.metrics, uploads=self.config.uploads_dir)
-        except KoeError as exc:
-            logger.warning("job %s: effects failed (%s: %s); retrying in %gs",
-                           job.id, exc.type, exc.message, self.config.reap_interval_s)  # fmt: skip
-            self._effects_later(job)
-        except Exception:
-            logger.exception("job %s: effects failed; they will be retried", job.id)
-            self._effects_later(job)
-
-    def _effects_later(self, job: Job) -> None:
-        try:
-            self.queue.effects_later(job.id, self.config.reap_interval_s)
-        except Exception:  # the effects lease lapses on its own
-            logger.warning("job %s: effects will be retried when their lease lapses", job.id)
+        self._effects.submit(failed)
 
     # -- maintenance ---------------------------------------------------------------------------------
 
@@ -462,7 +437,7 @@ class WorkerPool:
         self.metrics.invocation_failures.inc(len(reaped.failed))
         self.metrics.expired_requests.inc(len(reaped.expired))
         for job in self.queue.claim_effects():
-            self._submit_effects(job)
+            self._effects.submit(job)
 
     def _report_alive(self) -> None:
         self.queue.worker_heartbeat(
@@ -476,36 +451,3 @@ class WorkerPool:
             self._report_alive()
         except Exception:
             logger.exception("cannot record the model state")
-
-
-def run_effects(
-    job: Job, store: ObjectStore, notifier: Notifier, queue: JobQueue, metrics: Metrics, *, uploads: Path | None = None
-) -> None:
-    """A finished job's effects: its failure object (failed or expired), its notifications, then the removal of its
-    upload (when it was one, in `uploads`, and no other unfinished job reads it).
-
-    A failed job has no output object: one left by an attempt that wrote it and then died (or lost its lease)
-    before recording completion is removed first.
-    """
-    if job.status in (JobStatus.FAILED, JobStatus.EXPIRED):
-        store.delete(job.output_location)
-        error = job.error or JobErrorInfo(type="internal_error", message=f"the job {job.status.value}")
-        body = {"error": error.model_dump()}  # the shape of koe.errors.error_body
-        store.write(job.failure_location, json.dumps(body).encode("utf-8"), "application/json")
-    failures = notifier.notify(job)
-    if failures:
-        metrics.notification_failures.inc(failures)
-    if uploads is not None:
-        remove_upload(job.input_location, uploads, queue, store)
-    queue.effects_done(job.id)
-
-
-def remove_upload(location: str, uploads: Path, queue: JobQueue, store: ObjectStore, *, keep: bool = False) -> bool:
-    """Remove `location` if it is an upload in `uploads` that no queued or running job reads (and not `keep`)."""
-    if keep or not location.startswith("file://"):
-        return False
-    path = Path(os.path.realpath(parse_location(location).key))
-    if path.parent != Path(os.path.realpath(uploads)) or queue.inputs_in_use([location]):
-        return False
-    store.delete(location)
-    return True
