@@ -19,9 +19,9 @@ from sagemaker_inference.default_handler_service import DefaultHandlerService
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from koe import handler
+from koe.deploy.package import INFERENCE_PY
 from koe.engine import Engine
 from koe.models import resolve
-from koe.package import INFERENCE_PY
 from serving import JFK_WORDS, vtt_seconds, words
 
 

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from koe.cli import app
+from koe.deploy.package import WEIGHT_PACKAGES, build_model_archive, runtime_requirements
 from koe.models import resolve
-from koe.package import WEIGHT_PACKAGES, build_model_archive, runtime_requirements
 from serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
 

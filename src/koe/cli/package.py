@@ -30,7 +30,7 @@ def package_command(
     source: Annotated[bool, typer.Option(help="Bundle koe's source under code/koe/.")] = True,
 ) -> None:
     """Write model.tar.gz for SageMaker: upload it to S3 and use it as the model's ModelDataUrl."""
-    from koe.package import build_model_archive  # here: it loads the model code, which other commands skip
+    from koe.deploy.package import build_model_archive  # here: it loads the model code, which other commands skip
 
     settings = Settings.model_validate({})
     try:

@@ -70,7 +70,7 @@ class Call:
 
 @dataclass(frozen=True)
 class PackageModel:
-    """Build model.tar.gz from `model` with koe.package and upload it to `url`."""
+    """Build model.tar.gz from `model` with koe.deploy.package and upload it to `url`."""
 
     model: str
     url: str
@@ -587,7 +587,7 @@ def describe_instruction(instruction: Instruction) -> str:
         args = ", ".join(f"{k}={_short(v)}" for k, v in instruction.params.items())
         return f"{instruction.method}({args})"
     if isinstance(instruction, PackageModel):
-        return f"koe.package.build_model_archive({instruction.model!r}) -> upload {instruction.url}"
+        return f"koe.deploy.package.build_model_archive({instruction.model!r}) -> upload {instruction.url}"
     if isinstance(instruction, RequireConfig):
         return f"check that endpoint {instruction.name} runs {instruction.config}"
     limit = f"{instruction.timeout_s:.0f} s"
@@ -694,13 +694,13 @@ def _past(action: Action) -> str:
 def package_and_upload(
     aws: Aws, model: str, url: str, *, cache_dir: Path | None = None, packager: Packager | None = None
 ) -> None:
-    """Build model.tar.gz with `koe.package.build_model_archive` (imported lazily) and upload it."""
+    """Build model.tar.gz with `koe.deploy.package.build_model_archive` (imported lazily) and upload it."""
     if packager is None:
         try:
-            from koe.package import build_model_archive
+            from koe.deploy.package import build_model_archive
         except ImportError as exc:
             raise DeployError(
-                f"packaging models needs koe.package ({exc}); pass an s3:// model.tar.gz URL instead"
+                f"packaging models needs koe.deploy.package ({exc}); pass an s3:// model.tar.gz URL instead"
             ) from None
         packager = build_model_archive
     cache = cache_dir or Path.home() / ".cache" / "koe"

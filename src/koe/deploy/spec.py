@@ -70,7 +70,7 @@ class DeploySpec:
     Attributes:
         name: endpoint name; also the stem of the model and endpoint config names.
         image_uri: the container image (`koe image --push` prints it).
-        model: an `s3://.../model.tar.gz` URL used as is; a model name / folder that `koe.package` packs
+        model: an `s3://.../model.tar.gz` URL used as is; a model name / folder that `koe.deploy.package` packs
             and uploads under `s3://<bucket>/<prefix>/model/`; or "image" for an image with the model baked in.
         role_arn: the SageMaker execution role (`koe iam-policy --create-role` makes one).
         bucket, prefix: where model data, inputs, outputs and failures live
