@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - began:6.0f}s] {line}", flush=True)
 
     full = args.full
-    engine = Engine.load(args.model, device=args.device, cpu_threads=os.cpu_count() or 0, batch_size=args.batch_size)
+    engine = Engine.load(args.model, device=args.device, batch_size=args.batch_size)  # koe's own CPU layout
     decoding = Decoding(args.beam_size, args.fixed_tokens)
     decoding.apply(engine)
     log(f"model {args.model} on {engine.placement.device}/{engine.placement.compute_type}, {decoding.as_dict()}")

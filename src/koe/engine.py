@@ -34,7 +34,7 @@ logger = logging.getLogger("koe.engine")
 
 SEQUENTIAL_MIN_SILENCE_MS = 2000  # faster-whisper's own default for its sequential path
 CPU_BATCH_SIZE = 4
-"""Largest batch the cross-request batcher forms on a CPU (a request's own `batch_size` option overrides)."""
+"""Largest batch the cross-request batcher forms on a CPU (a request's own `batch_size` may only lower it)."""
 
 Progress = Callable[[float, float], None]
 """Called with (audio seconds done, audio seconds in all) as a transcription advances."""
@@ -178,12 +178,10 @@ class Engine:
         """`auto` is batched, on a GPU and on a CPU alike.
 
         Measured on the 2-core CPU with tiny.en int8 (`make bench ARGS="--rounds 2"`, bench/results/
-        2026-11-25-vm.md, README "Performance"): on a long file (174 s) koe's batched path ran at 15.6x real
-        time against 13.0x for the sequential path (1.2x; 1.2x in CPU time too); on short clips one at a
-        time 6.9x against 6.8x (CPU time equal); under concurrent HTTP load (1/4/16 clients) 3.8/4.5/4.7x
-        against 3.5/4.6/5.2x, within the run-to-run noise of that shared machine, with equal or less CPU time
-        per request. So batched is never slower than the better of the two there. On a CPU its batches are
-        capped at `CPU_BATCH_SIZE` (see `batcher`)."""
+        2026-11-29-vm.md, README "Performance"): on a long file (174 s) the batched path ran at 21.0x real time
+        text-only and 25.9x with timestamps, against 12.4x for faster-whisper's sequential path with timestamps
+        (what `mode=sequential` runs): 1.7-2.1x. On a GPU batching is what the device is for. On a CPU batches
+        are capped at `CPU_BATCH_SIZE` (see `batcher`)."""
         if options.mode != "auto":
             return options.mode
         return "batched"
