@@ -14,7 +14,7 @@ import pytest
 
 from conftest import Clip
 from koe.audio import Audio, decode
-from koe.batcher import Batcher, Requeue
+from koe.batcher import Batcher, Requeue, Ticket
 from koe.engine import Engine
 from koe.errors import EngineError
 from koe.options import parse_options
@@ -294,6 +294,22 @@ def test_long_audio_is_planned_block_by_block(manifest: list[Clip]) -> None:
 # -- regressions and scheduling rules (issue 12) ------------------------------------------------------
 
 
+def _submit_in_thread(ticket: Ticket[object, object], payload: object) -> tuple[threading.Thread, list[BaseException]]:
+    """Submit `payload` from another thread (where it may block); the list receives what it raises."""
+    outcome: list[BaseException] = []
+
+    def submit() -> None:
+        try:
+            ticket.submit("k", payload)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=submit)
+    thread.start()
+    time.sleep(0.05)
+    return thread, outcome
+
+
 def test_a_request_blocked_on_its_full_queue_wakes_when_its_chunk_fails() -> None:
     """It waited on the `_space` condition, which failing and closing did not notify: it hung forever."""
     runner = FakeRunner()
@@ -303,17 +319,7 @@ def test_a_request_blocked_on_its_full_queue_wakes_when_its_chunk_fails() -> Non
     ticket.submit("k", "bad")  # taken by the scheduler, held at the gate
     time.sleep(0.05)
     ticket.submit("k", 1)  # fills this request's queue
-    outcome: list[BaseException] = []
-
-    def blocked() -> None:
-        try:
-            ticket.submit("k", 2)  # blocks: the queue is full
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=blocked)
-    thread.start()
-    time.sleep(0.05)
+    thread, outcome = _submit_in_thread(ticket, 2)  # blocks: the queue is full
     assert thread.is_alive()
     runner.gate.set()  # the held chunk fails: its request fails, and the blocked submit must see it
     thread.join(5)
@@ -330,17 +336,7 @@ def test_a_request_blocked_on_a_full_queue_wakes_when_the_batcher_closes() -> No
     ticket.submit("k", 1)
     time.sleep(0.05)
     ticket.submit("k", 2)
-    outcome: list[BaseException] = []
-
-    def blocked() -> None:
-        try:
-            ticket.submit("k", 3)
-        except BaseException as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=blocked)
-    thread.start()
-    time.sleep(0.05)
+    thread, outcome = _submit_in_thread(ticket, 3)
     threading.Timer(0.1, runner.gate.set).start()
     batcher.close()
     thread.join(5)
