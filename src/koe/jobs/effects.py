@@ -2,7 +2,7 @@
 
 Done by a small thread pool after the job's outcome is recorded, and retried (the queue keeps them pending
 under a lease of their own) until done: after a crash, whichever process's maintenance thread finds them
-pending does them (`WorkerPool.reap`).
+pending does them (`Maintenance.reap`).
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ writes `<output location>` in the requested format and completes the job, condit
 its lease. Errors fail the job; its failure object and notifications are the job's *effects*, done by a
 small thread pool (koe.jobs.effects; after a crash, by whichever process's maintenance thread finds them pending).
 
-The maintenance thread renews the leases of in-flight jobs (heartbeat), fails jobs past their invocation
-timeout, reaps the queue (lapsed leases, TTLs), performs pending effects, reports this worker as alive, and
-unloads the model after `model_idle_s` without a job: the local counterpart of scaling to zero.
+The maintenance thread (koe.jobs.maintenance) renews the leases of in-flight jobs (heartbeat), fails jobs past
+their invocation timeout, reaps the queue (lapsed leases, TTLs), performs pending effects, reports this worker
+as alive, and unloads the model after `model_idle_s` without a job.
 
 Shutdown is two-stage (as rq's warm and cold shutdown): the first SIGTERM stops claiming and lets in-flight
 jobs finish within the grace period, then releases what is left back to the queue; a second SIGTERM
@@ -39,6 +39,7 @@ from koe.errors import JobTimeoutError, KoeError, StorageFullError
 from koe.formats import CONTENT_TYPES, render
 from koe.jobs.effects import Effects
 from koe.jobs.job import Job, JobStatus
+from koe.jobs.maintenance import Maintenance
 from koe.jobs.notify import Notifier
 from koe.jobs.queue import Claim, JobQueue
 from koe.metrics import Metrics
@@ -153,15 +154,20 @@ class WorkerPool:
         `os._exit`: finalizing the interpreter under a thread that is inside CTranslate2 aborts it (SIGABRT)."""
         self._effects = Effects(store, self.notifier, queue, self.metrics,
                                 uploads=self.config.uploads_dir, retry_s=self.config.reap_interval_s)  # fmt: skip
-        engines.on_change = self._model_changed
+        self.maintenance = Maintenance(
+            queue, engines, self._effects, self.metrics, worker_id=self.worker_id,
+            concurrency=self.config.concurrency, heartbeat_s=self.config.heartbeat_s,
+            reap_interval_s=self.config.reap_interval_s, renew_leases=self._renew_leases,
+        )  # fmt: skip
+        engines.on_change = self.maintenance.model_changed
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._report_alive()
+        self.maintenance.report_alive()
         for i in range(self.config.concurrency):
             self._spawn(self._job_loop, f"koe-worker-{i}")
-        self._spawn(self._maintenance_loop, "koe-maintenance")
+        self._spawn(lambda: self.maintenance.run(self._halt), "koe-maintenance")
         logger.info("worker %s started with %d job slot(s)", self.worker_id, self.config.concurrency)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
@@ -406,48 +412,7 @@ class WorkerPool:
 
     # -- maintenance ---------------------------------------------------------------------------------
 
-    def _maintenance_loop(self) -> None:
-        config = self.config
-        tick = min(config.heartbeat_s, config.reap_interval_s, 1.0)
-        next_beat = next_reap = 0.0
-        while not self._halt.wait(tick if next_beat else 0):
-            now = time.monotonic()
-            try:
-                if now >= next_beat:
-                    next_beat = now + config.heartbeat_s
-                    self._heartbeat_all()
-                    self._report_alive()
-                if now >= next_reap:
-                    next_reap = now + config.reap_interval_s
-                    self.reap()
-                self.engines.unload_if_idle()
-            except KoeError as exc:  # a known condition (the disk is full, say): one line, no traceback
-                logger.error("maintenance failed (%s: %s); retrying", exc.type, exc.message)
-            except Exception:
-                logger.exception("maintenance failed; retrying")
-
-    def _heartbeat_all(self) -> None:
+    def _renew_leases(self) -> None:
         for running in self._running():
             with contextlib.suppress(Aborted):  # the job thread sees `reason` at its next progress call
                 self._flush(running)
-
-    def reap(self) -> None:
-        """Reap the queue, then do the effects of jobs finished by any process that did not do them."""
-        reaped = self.queue.reap()
-        self.metrics.invocation_failures.inc(len(reaped.failed))
-        self.metrics.expired_requests.inc(len(reaped.expired))
-        for job in self.queue.claim_effects():
-            self._effects.submit(job)
-
-    def _report_alive(self) -> None:
-        self.queue.worker_heartbeat(
-            self.worker_id, concurrency=self.config.concurrency, models_loaded=self.engines.loaded_count
-        )
-
-    def _model_changed(self, loaded: bool) -> None:
-        if loaded:
-            self.metrics.model_loads.inc()
-        try:
-            self._report_alive()
-        except Exception:
-            logger.exception("cannot record the model state")
