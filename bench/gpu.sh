@@ -27,8 +27,8 @@ pack() {
   $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .gpu/in "${pins[@]}"
-  cp -r "$($py -c 'from koe.models import resolve; from koe.config import default_cache_dir as d; print(resolve("tiny.en", d()))')" "$stage/tiny.en"
-  cp -r "$($py -c 'from koe.models import resolve; from koe.config import default_cache_dir as d; print(resolve("base", d()))')" "$stage/base"
+  cp -r "$($py -c 'from koe.model_files import resolve; from koe.config import default_cache_dir as d; print(resolve("tiny.en", d()))')" "$stage/tiny.en"
+  cp -r "$($py -c 'from koe.model_files import resolve; from koe.config import default_cache_dir as d; print(resolve("base", d()))')" "$stage/base"
   local audio=${KOE_BENCH_AUDIO:-../shared/audio}
   cp "$audio/MANIFEST.tsv" "$stage/audio/"
   cp -r "$audio/en" "$stage/audio/en"

@@ -249,7 +249,7 @@ def test_kms_key_encrypts_outputs_and_the_volume_where_aws_allows() -> None:
 
 
 def test_model_choices_are_packaged_from_the_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import koe.models
+    import koe.model_files
     from koe.deploy.spec import MODEL_CHOICES
 
     fetched: list[str] = []
@@ -258,10 +258,10 @@ def test_model_choices_are_packaged_from_the_hub(monkeypatch: pytest.MonkeyPatch
         fetched.append(name)
         return tmp_path
 
-    monkeypatch.setattr(koe.models, "_download", download)
+    monkeypatch.setattr(koe.model_files, "_download", download)
     for name in MODEL_CHOICES:
         chosen = spec(model=name)
         assert chosen.packaged and chosen.model_data_url is not None
         assert chosen.model_data_url.startswith("s3://my-bucket/koe/speech/model/")
-        koe.models.resolve(name, tmp_path)  # what `koe package` / the deploy's packaging step calls
+        koe.model_files.resolve(name, tmp_path)  # what `koe package` / the deploy's packaging step calls
     assert fetched == list(MODEL_CHOICES)  # each goes to a hub download (at package time), none is refused

@@ -21,7 +21,7 @@ from sagemaker_inference.errors import GenericInferenceToolkitError
 from koe import handler
 from koe.deploy.package import INFERENCE_PY
 from koe.engine import Engine
-from koe.models import resolve
+from koe.model_files import resolve
 from serving import JFK_WORDS, vtt_seconds, words
 
 

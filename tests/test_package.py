@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from koe.cli import app
 from koe.deploy.package import WEIGHT_PACKAGES, build_model_archive, runtime_requirements
-from koe.models import resolve
+from koe.model_files import resolve
 from serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from koe.config import Settings
 from koe.errors import KoeError
-from koe.models import is_model_dir, resolve
+from koe.model_files import is_model_dir, resolve
 from koe.shutdown import end
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")

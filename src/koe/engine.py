@@ -24,7 +24,7 @@ from koe.audio import Audio
 from koe.batcher import Batcher
 from koe.config import Settings, default_cache_dir
 from koe.errors import EngineError, ModelUnavailableError, OptionsError
-from koe.models import resolve
+from koe.model_files import resolve
 from koe.options import TranscribeOptions
 from koe.pipeline import BatchedResult, make_batcher, transcribe_batched
 from koe.runner import ChunkJob, ChunkResult

@@ -29,14 +29,14 @@ ALIASES = frozenset({"", "default", WHISPER_1})
 
 def known_models(cache_dir: Path) -> list[str]:
     """Every model koe knows by name (bundled, and the hub's, downloaded or not)."""
-    from koe.models import list_models  # here: it loads faster-whisper
+    from koe.model_files import list_models  # here: it loads faster-whisper
 
     return [info.name for info in list_models(cache_dir)]
 
 
 def offline_models(cache_dir: Path) -> list[str]:
     """The models this machine can load without a network (bundled, or already downloaded)."""
-    from koe.models import list_models
+    from koe.model_files import list_models
 
     return [info.name for info in list_models(cache_dir) if info.ready]
 

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 
 def models_command() -> None:
     """List the bundled and hub models with their location."""
-    from koe.models import list_models  # here: faster-whisper loads CTranslate2, which other commands skip
+    from koe.model_files import list_models  # here: faster-whisper loads CTranslate2, which other commands skip
 
     settings = Settings()
     table = Table("name", "kind", "ready offline", "location")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import koe
 from koe.errors import ModelUnavailableError
-from koe.models import resolve
+from koe.model_files import resolve
 
 INFERENCE_PY = '''"""SageMaker's entry module (SAGEMAKER_PROGRAM=inference.py): koe's handler functions."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from koe.errors import ModelUnavailableError, UnknownModelError
-from koe.models import BASE_SHA256, BASE_SIZE, is_model_dir, list_models, resolve
+from koe.model_files import BASE_SHA256, BASE_SIZE, is_model_dir, list_models, resolve
 
 
 def test_tiny_en_is_bundled(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_tiny_en_is_bundled(tmp_path: Path) -> None:
 
 def test_base_is_joined_once_by_racing_processes(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from koe.models import resolve; "
+        "import sys; from pathlib import Path; from koe.model_files import resolve; "
         "print(resolve('base', Path(sys.argv[1])))"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
