@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 
 import moto_aws
 from koe.cli import app
+from koe.cli.plans import render_plan
 from koe.deploy.autoscaling import ScalingNames
 from koe.deploy.aws import Aws
-from koe.deploy.plan import Call, PackageModel, execute, plan_deploy, plan_destroy, render_plan
+from koe.deploy.plan import Call, PackageModel, execute, plan_deploy, plan_destroy
 from koe.deploy.spec import DeploySpec
 from koe.deploy.wait import Backoff, Clock, wait_for_endpoint
 from koe.errors import AwsError, DeployError

@@ -10,10 +10,11 @@ import pytest
 from botocore.exceptions import ClientError
 from rich.console import Console
 
+from koe.cli.plans import step_printer
 from koe.deploy.autoscaling import WAKE_STEPS, ScalingNames, wake_alarm
 from koe.deploy.aws import Aws, _map_client_error
 from koe.deploy.invoke import Invocation, accept_for, content_type_for, failure_message, wait_for_results
-from koe.deploy.plan import Var
+from koe.deploy.plan import Call, Outcome, Plan, Step, Var, execute
 from koe.deploy.spec import DeploySpec, mapping_matches, owned_names, parse_environment, split_s3_root
 from koe.deploy.wait import Backoff, Clock
 from koe.errors import AwsError, AwsNotFoundError, OptionsError
@@ -265,3 +266,43 @@ def test_model_choices_are_packaged_from_the_hub(monkeypatch: pytest.MonkeyPatch
         assert chosen.model_data_url.startswith("s3://my-bucket/koe/speech/model/")
         koe.model_files.resolve(name, tmp_path)  # what `koe package` / the deploy's packaging step calls
     assert fetched == list(MODEL_CHOICES)  # each goes to a hub download (at package time), none is refused
+
+
+# -- executing a plan: the library reports, the CLI prints --------------------------------------------------
+
+
+class StepAws:
+    """Two `Aws` methods: `ok` records its call, `boom` fails as AWS would."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def ok(self, what: str) -> None:
+        self.calls.append(what)
+
+    def boom(self) -> None:
+        raise AwsError("quota exceeded")
+
+
+def test_execute_reports_each_step_and_the_restore_and_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    taken = Step("autoscaling", "t", "delete", instructions=(Call("ok", {"what": "down"}),),
+                 undo=(Call("ok", {"what": "up"}),))  # fmt: skip
+    failing = Step("endpoint", "e", "update", instructions=(Call("boom"),))
+    aws = StepAws()
+    seen: list[tuple[str, Outcome]] = []
+    with pytest.raises(AwsError, match=r"update endpoint e: quota exceeded \(autoscaling t restored as it was\)"):
+        execute(
+            Plan("p", (taken, failing)), cast(Aws, aws), report=lambda step, outcome: seen.append((step.name, outcome))
+        )
+    assert aws.calls == ["down", "up"]
+    assert seen == [("t", "done"), ("t", "restored")]
+    assert capsys.readouterr() == ("", "")  # the library side prints nothing; the CLI's reporter does
+
+
+def test_the_cli_prints_one_line_per_step() -> None:
+    out = io.StringIO()
+    report = step_printer(Console(file=out, width=200))
+    report(Step("model", "koe-m", "create"), "done")
+    report(Step("endpoint", "koe-e", "wait"), "done")
+    report(Step("autoscaling", "koe-t", "delete"), "restored")
+    assert out.getvalue().splitlines() == ["created model koe-m", "ready endpoint koe-e", "restored autoscaling koe-t"]

@@ -157,6 +157,7 @@ def deploy_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Create or update a scale-to-zero SageMaker async endpoint. Shows the plan, then applies it."""
+    from koe.cli.plans import step_printer
     from koe.deploy.plan import execute, plan_deploy
     from koe.deploy.sizing import cost_notes, derive, parse_duration
 
@@ -197,7 +198,7 @@ def deploy_command(
         plan = plan_deploy(aws, spec, wait_timeout_s=wait_timeout)
         plan = replace(plan, notes=(*plan.notes, *notes))
         if _show(plan, dry_run):
-            execute(plan, aws, console=err, cache_dir=settings.cache_dir)
+            execute(plan, aws, report=step_printer(err), console=err, cache_dir=settings.cache_dir)
             bounds = f"{min_instances}..{max_instances}"
             err.print(f"[green]endpoint {name} is InService[/green]; scales {bounds} on its backlog")
     typer.echo(name)
@@ -205,7 +206,7 @@ def deploy_command(
 
 def _show(plan: Plan, dry_run: bool) -> bool:
     """Print the plan; whether to go on and execute it."""
-    from koe.deploy.plan import describe_instruction, render_plan
+    from koe.cli.plans import describe_instruction, render_plan
 
     err.print(render_plan(plan))
     for note in plan.notes:
@@ -377,6 +378,7 @@ def destroy_command(
     endpoint_url: EndpointUrl = None,
 ) -> None:
     """Remove alarm, policies, scalable target, endpoint, configs, models (and --delete-data). Idempotent."""
+    from koe.cli.plans import step_printer
     from koe.deploy.plan import execute, plan_destroy
 
     with _reported():
@@ -389,7 +391,7 @@ def destroy_command(
         deletes_data = any(s.resource == "s3 data" and s.action == "delete" for s in plan.steps)
         if deletes_data and not yes and not typer.confirm("delete the S3 data listed above?", err=True):
             raise typer.Exit(1)
-        execute(plan, aws, console=err)
+        execute(plan, aws, report=step_printer(err), console=err)
         err.print(f"[green]{name} is gone[/green]")
 
 

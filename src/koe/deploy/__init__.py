@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from koe.deploy.aws import Aws
-    from koe.deploy.plan import Plan, execute, plan_deploy, plan_destroy, render_plan
+    from koe.deploy.plan import Plan, execute, plan_deploy, plan_destroy
     from koe.deploy.spec import DeploySpec
 
-__all__ = ["Aws", "DeploySpec", "Plan", "execute", "plan_deploy", "plan_destroy", "render_plan"]
+__all__ = ["Aws", "DeploySpec", "Plan", "execute", "plan_deploy", "plan_destroy"]
 
 _HOMES = {"Aws": "aws", "DeploySpec": "spec", "Plan": "plan", "execute": "plan", "plan_deploy": "plan",
-          "plan_destroy": "plan", "render_plan": "plan"}  # fmt: skip
+          "plan_destroy": "plan"}  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

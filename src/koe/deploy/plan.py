@@ -1,6 +1,6 @@
 """Plan, then execute: how `koe deploy` and `koe destroy` change AWS.
 
-    DeploySpec ──plan_deploy(aws, spec)──▶ Plan ──render_plan──▶ table (--dry-run stops here)
+    DeploySpec ──plan_deploy(aws, spec)──▶ Plan ──koe.cli.plans──▶ table (--dry-run stops here)
                  (describe/list/head only)   │
                                              └──execute(plan, aws)──▶ the mutating calls, step by step
 
@@ -17,10 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any, Literal
 
 from koe.deploy.autoscaling import (
     STEP,
@@ -43,6 +40,9 @@ from koe.deploy.spec import (
 )
 from koe.deploy.wait import Backoff, Clock, Until, wait_for_endpoint
 from koe.errors import AwsError, DeployError, KoeError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 Action = Literal["create", "update", "replace", "delete", "wait", "no-op"]
 
@@ -561,45 +561,11 @@ def _data_root(
     return found_bucket, (prefix or found_prefix).strip("/")
 
 
-# ---- rendering and execution -------------------------------------------------------------------------------
+# ---- execution ---------------------------------------------------------------------------------------------
 
-_STYLE = {
-    "create": "green",
-    "update": "yellow",
-    "replace": "red",
-    "delete": "red",
-    "wait": "cyan",
-    "no-op": "dim",
-}
-
-
-def render_plan(plan: Plan) -> Table:
-    table = Table("resource", "name", "action", "detail", title=plan.title, title_justify="left")
-    for step in plan.steps:
-        style = _STYLE[step.action]
-        table.add_row(step.resource, step.name, f"[{style}]{step.action}[/{style}]", step.detail)
-    return table
-
-
-def describe_instruction(instruction: Instruction) -> str:
-    """One line per instruction, for --dry-run's list of the calls it would make."""
-    if isinstance(instruction, Call):
-        args = ", ".join(f"{k}={_short(v)}" for k, v in instruction.params.items())
-        return f"{instruction.method}({args})"
-    if isinstance(instruction, PackageModel):
-        return f"koe.deploy.package.build_model_archive({instruction.model!r}) -> upload {instruction.url}"
-    if isinstance(instruction, RequireConfig):
-        return f"check that endpoint {instruction.name} runs {instruction.config}"
-    limit = f"{instruction.timeout_s:.0f} s"
-    on = f" on {instruction.config}" if instruction.config and instruction.until == "InService" else ""
-    return f"wait until endpoint {instruction.name} is {instruction.until}{on} (at most {limit})"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, Var):
-        return f"<{value.name}>"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+Outcome = Literal["done", "restored"]
+Reporter = Callable[[Step, Outcome], None]
+"""Told of each step done (and each one restored after a failure); the CLI prints them (koe.cli.plans)."""
 
 
 Packager = Callable[[str, Path, Path], Path]
@@ -609,15 +575,17 @@ def execute(
     plan: Plan,
     aws: Aws,
     *,
+    report: Reporter | None = None,
     console: Console | None = None,
     cache_dir: Path | None = None,
     packager: Packager | None = None,
     backoff: Backoff = Backoff(),
     clock: Clock | None = None,
 ) -> None:
-    """Run the plan's changes in order, printing one line per step. Stops at the first error, naming the step;
-    running `plan_deploy` + `execute` again picks up from there."""
-    console = console or Console(stderr=True)
+    """Run the plan's changes in order, calling `report` after each step. Stops at the first error, naming the
+    step; running `plan_deploy` + `execute` again picks up from there. `console` is only where the wait for
+    the endpoint shows its spinner."""
+    report = report or _silent
     results: dict[str, Any] = {}
     undo: list[tuple[Step, tuple[Instruction, ...]]] = []
     for step in plan.changes:
@@ -627,13 +595,22 @@ def execute(
             for instruction in step.instructions:
                 _run(instruction, aws, results, console, cache_dir, packager, backoff, clock)
         except KoeError as exc:
-            restored = _undo(undo, aws, results, console)
+            restored = _undo(undo, aws, results, report, console)
             raise type(exc)(f"{step.action} {step.resource} {step.name}: {exc.message}{restored}") from exc
-        style = _STYLE[step.action]
-        console.print(f"[{style}]{_past(step.action)}[/{style}] {step.resource} {step.name}")
+        report(step, "done")
 
 
-def _undo(undo: list[tuple[Step, tuple[Instruction, ...]]], aws: Aws, results: dict[str, Any], console: Console) -> str:
+def _silent(step: Step, outcome: Outcome) -> None:
+    pass
+
+
+def _undo(
+    undo: list[tuple[Step, tuple[Instruction, ...]]],
+    aws: Aws,
+    results: dict[str, Any],
+    report: Reporter,
+    console: Console | None,
+) -> str:
     """Run the undo instructions of the steps done so far, last first; a note for the error message."""
     notes = []
     for step, instructions in reversed(undo):
@@ -644,7 +621,7 @@ def _undo(undo: list[tuple[Step, tuple[Instruction, ...]]], aws: Aws, results: d
             notes.append(f"could NOT restore {step.resource} {step.name}: {exc.message}")
         else:
             notes.append(f"{step.resource} {step.name} restored as it was")
-            console.print(f"[yellow]restored[/yellow] {step.resource} {step.name}")
+            report(step, "restored")
     return f" ({'; '.join(notes)})" if notes else ""
 
 
@@ -652,7 +629,7 @@ def _run(
     instruction: Instruction,
     aws: Aws,
     results: dict[str, Any],
-    console: Console,
+    console: Console | None,
     cache_dir: Path | None,
     packager: Packager | None,
     backoff: Backoff,
@@ -684,11 +661,6 @@ def _resolve(value: Any, results: Mapping[str, Any]) -> Any:
     if isinstance(value, list | tuple):
         return [_resolve(v, results) for v in value]
     return value
-
-
-def _past(action: Action) -> str:
-    return {"create": "created", "update": "updated", "replace": "replaced", "delete": "deleted",
-            "wait": "ready", "no-op": "unchanged"}[action]  # fmt: skip
 
 
 def package_and_upload(
