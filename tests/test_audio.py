@@ -19,7 +19,7 @@ from koe.errors import (
     NoAudioStreamError,
     UndecodableAudioError,
 )
-from media import encode_audio, video_only, video_with_audio
+from support.media import encode_audio, video_only, video_with_audio
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from koe.api.auth import key_matches, presented_key
 from koe.config import Settings
 from koe.container import container_settings
 from koe.engine import Engine
-from serving import server_in_thread, wait_ready
+from support.serving import server_in_thread, wait_ready
 
 KEYS = ("first-key-0123456789", "second-key-abcdefghij")
 OPEN = {("GET", "/ping")}

@@ -31,11 +31,11 @@ import numpy as np
 import pytest
 
 from conftest import AUDIO_DIR
-from jobs_support import KOE, KoeProcess, koe_env, start_server, wait_finished
 from koe import errors
 from koe.audio import decode
-from media import encode_audio, video_only
-from reliability import read_jobs, report, snapshot
+from support.jobs_support import KOE, KoeProcess, koe_env, start_server, wait_finished
+from support.media import encode_audio, video_only
+from support.reliability import read_jobs, report, snapshot
 
 MAX_DURATION_S = 60
 ENDPOINT = "/endpoints/koe-test/"

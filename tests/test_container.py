@@ -23,7 +23,7 @@ from koe.config import Settings
 from koe.container import DEFAULT_PORT, container_settings, default_model_dir, main
 from koe.engine import Engine
 from koe.errors import EngineError
-from serving import (
+from support.serving import (
     JFK_WORDS,
     free_port,
     python_command,

@@ -15,7 +15,6 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import moto_aws
 from koe.cli import app
 from koe.cli.plans import render_plan
 from koe.deploy.autoscaling import ScalingNames
@@ -24,7 +23,8 @@ from koe.deploy.plan import Call, PackageModel, execute, plan_deploy, plan_destr
 from koe.deploy.spec import DeploySpec
 from koe.deploy.wait import Backoff, Clock, wait_for_endpoint
 from koe.errors import AwsError, DeployError
-from moto_aws import ACCOUNT, Raw, queue_results, roll_back_next_update, set_endpoint_state
+from support import moto_aws
+from support.moto_aws import ACCOUNT, Raw, queue_results, roll_back_next_update, set_endpoint_state
 
 NAME = "koe-test"
 BUCKET = "koe-test-bucket"

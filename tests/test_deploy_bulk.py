@@ -14,7 +14,6 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import moto_aws
 from koe.cli import app
 from koe.deploy.aws import AsyncInvocation, Aws
 from koe.deploy.bulk import Source, list_sources, result_path, run_bulk
@@ -22,7 +21,8 @@ from koe.deploy.notify import parse_notice
 from koe.deploy.plan import execute, plan_deploy
 from koe.deploy.wait import Backoff
 from koe.errors import OptionsError
-from moto_aws import Raw, queue_results
+from support import moto_aws
+from support.moto_aws import Raw, queue_results
 from test_deploy import BUCKET, NAME, make_spec
 
 aws, aws_env, moto_url, raw = moto_aws.aws, moto_aws.aws_env, moto_aws.moto_url, moto_aws.raw  # fixtures

@@ -15,7 +15,7 @@ import pytest
 from koe.api import create_app
 from koe.config import Settings
 from koe.engine import Engine, cuda_fatal
-from serving import server_in_thread, wait_ready
+from support.serving import server_in_thread, wait_ready
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 COMPAT = "570.124.06"  # the driver CUDA 12.8's compat libraries come from (libcuda.so.570.124.06)

@@ -12,13 +12,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import moto_aws
 from koe.cli import app
 from koe.deploy.aws import Aws
 from koe.deploy.iam import RoleScope, ensure_role, execution_policy, repository_arn, trust_policy
 from koe.deploy.image import ImageSpec, build_image, run_command
 from koe.errors import DeployError, OptionsError
-from moto_aws import ACCOUNT, Raw
+from support import moto_aws
+from support.moto_aws import ACCOUNT, Raw
 
 aws, aws_env, moto_url, raw = moto_aws.aws, moto_aws.aws_env, moto_aws.moto_url, moto_aws.raw  # fixtures
 URI = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/koe"

@@ -13,7 +13,6 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-import moto_aws
 from koe.cli import app
 from koe.deploy.autoscaling import ScalingNames, WarmHours
 from koe.deploy.aws import Aws
@@ -22,7 +21,8 @@ from koe.deploy.plan import execute, lifecycle_rule_id, plan_deploy, plan_destro
 from koe.deploy.sizing import cost_notes, derive, parse_duration
 from koe.deploy.wait import Backoff, Clock
 from koe.errors import DeployError, OptionsError
-from moto_aws import Raw
+from support import moto_aws
+from support.moto_aws import Raw
 from test_deploy import BUCKET, NAME, RID, deploy_args, deployed, make_spec
 
 aws, aws_env, moto_url, raw = moto_aws.aws, moto_aws.aws_env, moto_aws.moto_url, moto_aws.raw  # fixtures

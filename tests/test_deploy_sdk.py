@@ -30,7 +30,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
+from support.serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
 BUCKET = "sagemaker-us-east-1-123456789012"
 PREFIX = "async"

@@ -49,7 +49,7 @@ from koe.speaker_encoder import (
     weights_path,
 )
 from koe.transcript import Segment, Transcript, Word
-from serving import server_in_thread, wait_ready
+from support.serving import server_in_thread, wait_ready
 
 SR = 16_000
 LJ = [f"en/ljspeech_LJ001-{i:04d}.flac" for i in range(1, 33)]  # one female reader (LJ Speech)

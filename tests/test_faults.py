@@ -27,17 +27,6 @@ import httpx
 import pytest
 
 from conftest import AUDIO_DIR
-from jobs_support import (
-    KoeProcess,
-    boto_client,
-    free_port,
-    koe_env,
-    moto_server,
-    start_koe,
-    start_server,
-    wait_finished,
-    wait_for,
-)
 from koe.errors import StorageFullError
 from koe.jobs.effects import run_effects
 from koe.jobs.job import JobRequest, JobStatus
@@ -46,7 +35,29 @@ from koe.jobs.queue import JobQueue
 from koe.jobs.worker import WorkerConfig, WorkerPool
 from koe.metrics import Metrics
 from koe.storage import FileStore, ObjectStore, file_location
-from reliability import FINISHED, Fault, FaultProxy, OutputWatcher, can_mount, fill, integrity, read_jobs, report, tmpfs
+from support.jobs_support import (
+    KoeProcess,
+    boto_client,
+    koe_env,
+    moto_server,
+    start_koe,
+    start_server,
+    wait_finished,
+    wait_for,
+)
+from support.reliability import (
+    FINISHED,
+    Fault,
+    FaultProxy,
+    OutputWatcher,
+    can_mount,
+    fill,
+    integrity,
+    read_jobs,
+    report,
+    tmpfs,
+)
+from support.serving import free_port
 
 CLIP = AUDIO_DIR / "en" / "azure_whatstheweatherlike.wav"  # 2 s: "What's the weather like?"
 LONG_CLIP = AUDIO_DIR / "en" / "jfk.flac"  # 11 s

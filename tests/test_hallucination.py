@@ -24,7 +24,7 @@ from koe.hallucination import (
 )
 from koe.options import parse_options
 from koe.transcript import Segment, Transcript, Word
-from media import encode_audio
+from support.media import encode_audio
 
 RATE = 16_000
 
@@ -252,9 +252,9 @@ def test_job_records_carry_the_warning(engine: Engine, tmp_path: Path) -> None:
     what the CLI says."""
     from starlette.testclient import TestClient
 
-    from jobs_support import wait_for
     from koe.api import create_app
     from koe.config import Settings
+    from support.jobs_support import wait_for
 
     settings = Settings(model="tiny.en", data_dir=tmp_path / "data", jobs_enabled=True, poll_s=0.05)
     app = create_app(settings, engine_factory=lambda _: engine)

@@ -22,7 +22,7 @@ from koe import handler
 from koe.deploy.package import INFERENCE_PY
 from koe.engine import Engine
 from koe.model_files import resolve
-from serving import JFK_WORDS, vtt_seconds, words
+from support.serving import JFK_WORDS, vtt_seconds, words
 
 
 class RequestProcessor:

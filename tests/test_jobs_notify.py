@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs_support import boto_client, moto_server, webhook_receiver
 from koe.jobs.job import Job, JobErrorInfo, JobRequest, JobStatus
 from koe.jobs.notify import Notifier, iso_time, notification, topic_region
 from koe.jobs.webhook import WebhookPolicy
+from support.jobs_support import boto_client, moto_server, webhook_receiver
 
 
 def job(status: JobStatus = JobStatus.COMPLETED, **changes: Any) -> Job:

@@ -24,8 +24,10 @@ import srt
 import webvtt
 
 from conftest import AUDIO_DIR
-from jobs_support import (
-    JFK_WORDS,
+from koe.config import Settings
+from koe.jobs import JobQueue, JobStatus, LocalEndpoint
+from koe.storage import file_location, parse_location
+from support.jobs_support import (
     KOE,
     REGION,
     KoeProcess,
@@ -41,9 +43,7 @@ from jobs_support import (
     wait_for,
     webhook_receiver,
 )
-from koe.config import Settings
-from koe.jobs import JobQueue, JobStatus, LocalEndpoint
-from koe.storage import file_location, parse_location
+from support.serving import JFK_WORDS, words
 
 JFK = AUDIO_DIR / "en" / "jfk.flac"
 SHORT = AUDIO_DIR / "en" / "ljspeech_LJ001-0002.flac"  # 1.9 s: "in being comparatively modern."
@@ -53,10 +53,6 @@ SHORTS = [AUDIO_DIR / "en" / f"ljspeech_LJ001-000{i}.flac" for i in (2, 4, 6, 8)
 ]
 SONNET = AUDIO_DIR / "en" / "librivox_shakespeare_sonnet_1.mp3"
 IDLE_S = 3.0
-
-
-def words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z']+", text.lower()))
 
 
 @dataclass

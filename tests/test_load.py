@@ -25,10 +25,10 @@ import psutil
 import pytest
 
 from conftest import AUDIO_DIR
-from jobs_support import KoeProcess, koe_env, start_server, wait_for
 from koe.audio import SAMPLE_RATE, decode
-from media import encode_audio
-from reliability import integrity, read_jobs, report
+from support.jobs_support import KoeProcess, koe_env, start_server, wait_for
+from support.media import encode_audio
+from support.reliability import integrity, read_jobs, report
 
 CLIENTS = 50
 RSS_TOLERANCE_MB = 50.0

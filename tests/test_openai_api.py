@@ -23,7 +23,7 @@ from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import OptionsError
 from koe.options import DEFAULT_TEMPERATURES
-from serving import JFK_WORDS, server_in_thread, wait_ready, words
+from support.serving import JFK_WORDS, server_in_thread, wait_ready, words
 
 TWO_SEGMENTS = AUDIO_DIR / "en" / "reazonspeech_test_en_1.wav"  # 12 s; tiny.en makes two segments of it
 

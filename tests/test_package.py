@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from koe.cli import app
 from koe.deploy.package import WEIGHT_PACKAGES, build_model_archive, runtime_requirements
 from koe.model_files import resolve
-from serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
+from support.serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
 
 @pytest.fixture(scope="module")

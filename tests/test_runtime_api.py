@@ -21,8 +21,8 @@ from conftest import AUDIO_DIR
 from koe.api.runtime import RuntimeApiError, check_endpoint, parse_async_headers
 from koe.audio import AudioLimits, decode
 from koe.config import Settings
-from media import encode_audio
-from serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
+from support.media import encode_audio
+from support.serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
 BUCKET = "sagemaker-ap-northeast-1-123456789012"  # what sagemaker.Session().default_bucket() names
 ENDPOINT = "WhisperTranscribeModelEndpoint"  # the recipe's endpoint name, unchanged

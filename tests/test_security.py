@@ -23,8 +23,6 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 
 from conftest import AUDIO_DIR
-from jobs_support import KOE as KOE_CLI
-from jobs_support import boto_client, koe_env, moto_server, start_server, wait_for
 from koe.api import create_app
 from koe.api.app import DEFAULT_ROUTERS
 from koe.api.runtime import RuntimeApiError, parse_async_headers
@@ -36,8 +34,10 @@ from koe.errors import KoeError, LocationError
 from koe.jobs.job import valid_job_id
 from koe.options import format_custom_attributes, parse_custom_attributes, parse_options
 from koe.storage import FileStore, Location, ObjectStore, S3Store, object_name, parse_location
-from reliability import FaultProxy
-from serving import server_in_thread, wait_ready
+from support.jobs_support import KOE as KOE_CLI
+from support.jobs_support import boto_client, koe_env, moto_server, start_server, wait_for
+from support.reliability import FaultProxy
+from support.serving import server_in_thread, wait_ready
 
 KEY = "koe-test-key-7f3a9c1e5b"
 AWS_SECRET = "aws-secret-Zq8Xv2Lm4Np6Rt0Ys9Ku"
@@ -611,9 +611,9 @@ def test_webhook_policy_resolves_names_and_honours_the_allow_list() -> None:
 def test_a_webhook_delivery_connects_to_the_address_that_was_checked() -> None:
     """A name that passed at submission and is rebound to 127.0.0.1 by delivery time reaches nothing; a host the
     operator allowed is reached at the address resolved (the name itself need not resolve for httpx)."""
-    from jobs_support import webhook_receiver
     from koe.jobs.notify import Notifier
     from koe.jobs.webhook import WebhookPolicy
+    from support.jobs_support import webhook_receiver
 
     with webhook_receiver() as receiver:
         port = httpx.URL(receiver.url).port
@@ -649,7 +649,7 @@ def test_a_blackholed_webhook_gives_up_inside_the_effects_lease() -> None:
 def test_webhook_secrets_are_never_shown(tmp_path: Path) -> None:
     """Credentials and tokens in a job's webhook URL reach the webhook, but neither the jobs API nor the server's
     log (koe's retry and give-up lines, httpx's request lines) shows them."""
-    from jobs_support import webhook_receiver
+    from support.jobs_support import webhook_receiver
 
     with webhook_receiver(fail_first=100) as receiver:
         port = httpx.URL(receiver.url).port
@@ -849,7 +849,8 @@ def test_listening_beyond_loopback_without_keys_needs_insecure(tmp_path: Path) -
     to start and says why; `--insecure` starts it with a loud warning; with API keys it starts quietly."""
     import subprocess
 
-    from jobs_support import free_port, start_koe
+    from support.jobs_support import start_koe
+    from support.serving import free_port
 
     env = koe_env(tmp_path / "data")
     port = free_port()

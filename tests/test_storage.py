@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from jobs_support import REGION, boto_client, moto_server
 from koe.config import Settings
 from koe.errors import InputNotFoundError, InputTooLargeError, LocationError, StorageError
 from koe.storage import FileStore, Location, ObjectStore, S3Store, file_location, object_name, parse_location
+from support.jobs_support import REGION, boto_client, moto_server
 
 # -- locations --------------------------------------------------------------------------------------------------
 

@@ -28,9 +28,9 @@ import pytest
 import srt
 
 from conftest import AUDIO_DIR
+from support.serving import JFK_WORDS, words
 
 ROOT = Path(__file__).resolve().parents[1]
-JFK_WORDS = "ask not what your country can do for you"
 API_KEY = "web-test-key-1"
 CHROMIUM_FLAGS = (
     "--headless",
@@ -45,10 +45,6 @@ CHROMIUM_FLAGS = (
     "--autoplay-policy=no-user-gesture-required",
 )
 T = TypeVar("T")
-
-
-def words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z']+", text.lower()))
 
 
 # --------------------------------------------------------------------------- the page's own constants

@@ -14,13 +14,14 @@ import pytest
 import srt
 
 from conftest import AUDIO_DIR
-from jobs_support import JFK_WORDS, REGION, Receiver, boto_client, moto_server, wait_for, webhook_receiver
 from koe.config import Settings
 from koe.engine import Engine
 from koe.errors import NotReadyError
 from koe.jobs import Job, JobStatus, LocalEndpoint
 from koe.ondemand import EngineHolder
 from koe.storage import file_location, parse_location
+from support.jobs_support import REGION, Receiver, boto_client, moto_server, wait_for, webhook_receiver
+from support.serving import JFK_WORDS
 
 SONNET = AUDIO_DIR / "en" / "librivox_shakespeare_sonnet_1.mp3"
 SHORT = AUDIO_DIR / "en" / "ljspeech_LJ001-0002.flac"  # 1.9 s: "in being comparatively modern."

@@ -12,7 +12,7 @@ from fakes import FakeEngine
 import koe
 from koe.client import FINISHED, ApiError, UnreachableError
 from koe.config import Settings
-from serving import free_port, server_in_thread
+from support.serving import free_port, server_in_thread
 
 
 def test_client_submits_follows_and_fetches_a_job(tmp_path: Path, jfk: Path) -> None:

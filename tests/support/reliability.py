@@ -2,7 +2,7 @@
 HTTP proxy for S3, a small tmpfs for disk-full runs, snapshots of folder trees, reading the queue's database
 directly, and a watcher that records every content an output object ever had.
 
-Servers, workers, moto and webhook receivers come from tests/jobs_support.py; test media from tests/media.py.
+Servers, workers, moto and webhook receivers come from support/jobs_support.py; test media from support/media.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobs_support import free_port
+from support.serving import free_port
 
 FINISHED = ("completed", "failed", "expired", "cancelled")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,18 +19,13 @@ from typing import Any, TypeVar
 
 import httpx
 
+from support.serving import free_port
+
 T = TypeVar("T")
 
 REGION = "us-east-1"
 AWS_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": REGION}
-JFK_WORDS = "ask not what your country can do for you"
 KOE = [str(Path(sys.executable).parent / "koe")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.1, what: str = "") -> T:
