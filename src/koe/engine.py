@@ -69,10 +69,13 @@ def cpu_layout(replicas: int | None, threads: int) -> tuple[int, int]:
     return replicas, threads or max(1, cores // replicas)
 
 
-def batch_limit(settings: Settings, placement: Placement | None = None) -> int:
-    """The largest batch the model's batcher forms: the setting on a GPU, at most `CPU_BATCH_SIZE` on a CPU."""
-    placement = placement or Placement.choose(settings.device, settings.compute_type)
-    return settings.batch_size if placement.device == "cuda" else min(settings.batch_size, CPU_BATCH_SIZE)
+def batch_limit(batch_size: int, placement: Placement) -> int:
+    """The largest batch the model's batcher forms: `batch_size` on a GPU, at most `CPU_BATCH_SIZE` on a CPU.
+
+    A CPU gains nothing from batches past a few items (CPU time per audio second was the same for 4 and 16),
+    and a batch finishes all at once: 16 concurrent clients waited 16.9 s (p50) with batches of 16 and 10.1 s
+    with batches of 4, at the same throughput."""
+    return batch_size if placement.device == "cuda" else min(batch_size, CPU_BATCH_SIZE)
 
 
 def job_slots(settings: Settings) -> int:
@@ -80,7 +83,7 @@ def job_slots(settings: Settings) -> int:
     chunks join the same batches; one job at a time would leave most of every batch empty)."""
     if settings.worker_concurrency is not None:
         return settings.worker_concurrency
-    return batch_limit(settings)
+    return batch_limit(settings.batch_size, Placement.choose(settings.device, settings.compute_type))
 
 
 def cuda_available() -> bool:
@@ -280,13 +283,7 @@ class Engine:
             if self._batcher is None:
                 if self._closed.is_set():
                     raise EngineError("the engine is closed")
-                size = self.batch_size
-                if self.placement.device != "cuda":
-                    # A CPU gains nothing from batches past a few items (CPU time per audio second was the
-                    # same for 4 and 16), and a batch finishes all at once: 16 concurrent clients waited
-                    # 16.9 s (p50) with batches of 16 and 10.1 s with batches of 4, at the same throughput.
-                    size = min(size, CPU_BATCH_SIZE)
-                self._batcher = make_batcher(self.model, size)
+                self._batcher = make_batcher(self.model, batch_limit(self.batch_size, self.placement))
             return self._batcher
 
     def _batched(self, audio: Audio, options: TranscribeOptions, progress: Progress | None = None) -> BatchedResult:
