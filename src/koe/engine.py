@@ -59,9 +59,10 @@ class Placement:
 def cpu_layout(replicas: int | None, threads: int) -> tuple[int, int]:
     """(model replicas, threads each) on a CPU, unless set: two replicas with half the cores each.
 
-    Measured once on the 2-core CPU (tiny.en int8, the first 420 s of the long English prompts file, best of
-    2 rounds, all layouts in one process): 2 x 1 ran text-only decoding at 31.8x real time against 25.4x for
-    1 x 2 (1.25x), and with timestamps 27.3x against 17.0x: one replica with all the cores idles while
+    Measured once on the 2-core CPU with `python -m bench.layouts` (tiny.en int8, the first 420 s of the long
+    English prompts file, best of 2 rounds, all layouts in one process, 2026-11-29): 2 x 1 ran text-only
+    decoding at 31.8x real time against 25.4x for 1 x 2 (1.25x), and with timestamps 27.3x against 17.0x
+    (the script in its first form, before the batcher kept batches filling): one replica with all the cores idles while
     Python stacks features and judges results, and small batches scale badly over threads; two replicas keep
     both cores busy. README "Performance" has the benchmark's side-by-side figures with this layout."""
     cores = os.cpu_count() or 1
