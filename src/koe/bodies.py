@@ -193,7 +193,7 @@ class MultipartReader:
         try:
             value = self._value.decode("utf-8")
         except UnicodeDecodeError:
-            raise InputError(f"multipart field {self._name!r} is not UTF-8 text") from None
+            raise InputError(f"multipart field {self._name[:100]!r} is not UTF-8 text") from None
         values = self._values.setdefault(self._name, [])
         if values and not self._name.endswith("[]"):
             raise OptionsError(f"{self._name[:100]}: given twice in the form")
