@@ -15,9 +15,7 @@ import itertools
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 import srt
 
 from conftest import AUDIO_DIR
-from support.serving import JFK_WORDS, words
+from support.serving import JFK_WORDS, koe_serve, words
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "web-test-key-1"
@@ -86,17 +84,10 @@ def _install_browser() -> str | None:
     return None if _browser_paths() else "chromium installed, but chromium/chromedriver are not on PATH"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`koe serve` on 127.0.0.1 with a temp data dir, tiny.en and an API key; yields its base URL."""
     data = tmp_path_factory.mktemp("web-data")
-    port = _free_port()
     env = {
         **os.environ,
         "KOE_DATA_DIR": str(data),
@@ -107,32 +98,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    log = data / "server.log"
-    command = [sys.executable, "-m", "koe", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=data)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"koe serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"koe serve did not answer GET / within 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with koe_serve(env, data, "--host", "127.0.0.1") as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def no_browser(why: str, environ: Mapping[str, str]) -> NoReturn:

@@ -6,18 +6,15 @@ headless Chromium (the fixtures of tests/test_web.py), real speech."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from conftest import AUDIO_DIR
-from test_web import _free_port, browser, downloads, job_named, wait_for  # noqa: F401 (fixtures)
+from support.serving import koe_serve
+from test_web import browser, downloads, job_named, wait_for  # noqa: F401 (fixtures)
 
 JAPANESE = AUDIO_DIR / "ja" / "reazonspeech_test_ja_2.wav"  # これはテスト文です...日本語をちゃんと聞き取れて...
 
@@ -26,36 +23,11 @@ JAPANESE = AUDIO_DIR / "ja" / "reazonspeech_test_ja_2.wav"  # これはテスト
 def default_server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[str]:
     """`koe serve` with no KOE_MODEL: the default model. (The session's model cache, so base is joined once.)"""
     data = tmp_path_factory.mktemp("web-defaults")
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KOE_")}
     env |= {"KOE_DATA_DIR": str(data), "KOE_CACHE_DIR": str(cache_dir), "KOE_DEVICE": "cpu",
             "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
-    log = data / "server.log"
-    command = [sys.executable, "-m", "koe", "serve", "--port", str(port)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=data)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"koe serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"koe serve did not answer GET / within 60 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with koe_serve(env, data) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _transcribe(page: Any, path: Path, model: str) -> tuple[str, str]:

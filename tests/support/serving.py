@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -87,6 +88,39 @@ def server_process(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def koe_serve(env: Mapping[str, str], data: Path, *options: str) -> Iterator[str]:
+    """`python -m koe serve --port N *options` with exactly `env` (cwd and log in `data`); yields its base URL
+    once GET / answers 200 (the web page: what a browser opens first); stops it afterwards."""
+    port = free_port()
+    log = data / "server.log"
+    command = [sys.executable, "-m", "koe", "serve", "--port", str(port), *options]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=data)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"koe serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"koe serve did not answer GET / within 60 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def python_command(*args: str) -> list[str]:
