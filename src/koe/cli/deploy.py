@@ -115,7 +115,11 @@ def deploy_command(
     max_instances: Annotated[int, typer.Option(help="Autoscaling ceiling.")] = 1,
     min_instances: Annotated[int, typer.Option(help="Autoscaling floor: 0 scales to zero; 1+ stays warm.")] = 0,
     max_concurrent: Annotated[
-        int | None, typer.Option(help="Async requests per instance at once (default: from --throughput, else 4).")
+        int | None,
+        typer.Option(
+            help="Async requests per instance at once (default: from --throughput, else the batch size: 16 "
+            "unless --batch-size)."
+        ),
     ] = None,
     success_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each result.")] = None,
     error_topic: Annotated[str | None, typer.Option(help="SNS topic ARN told of each failure.")] = None,
