@@ -26,7 +26,7 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -46,9 +46,6 @@ from koe.jobs.endpoint import LocalEndpoint
 from koe.jobs.job import Job
 from koe.jobs.queue import new_job_id
 from koe.ondemand import OnDemandModels
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("koe.api.jobs")
 
@@ -101,10 +98,13 @@ async def submit_job(request: Request) -> JSONResponse:
     )
 
 
+HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
+
+
 def header_value(location: str) -> str:
     """A location as an HTTP header value: S3 keys may hold any Unicode, headers only Latin-1, so characters
     outside printable ASCII are percent-encoded (UTF-8) there; the body carries the location as is."""
-    return quote(location, safe="".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%"))
+    return quote(location, safe=HEADER_SAFE)
 
 
 def _json_fields(data: bytes) -> dict[str, Any]:
