@@ -23,7 +23,8 @@ from koe.deploy.plan import Call, PackageModel, execute, plan_deploy, plan_destr
 from koe.deploy.spec import DeploySpec
 from koe.deploy.wait import Backoff, Clock, wait_for_endpoint
 from koe.errors import AwsError, DeployError
-from support import moto_aws
+from support import deploy_world, moto_aws
+from support.deploy_world import seed
 from support.moto_aws import ACCOUNT, Raw, queue_results, roll_back_next_update, set_endpoint_state
 
 NAME = "koe-test"
@@ -34,25 +35,15 @@ MODEL_DATA = f"s3://{BUCKET}/models/tiny/model.tar.gz"
 RID = f"endpoint/{NAME}/variant/AllTraffic"
 # The moto fixtures, bound here so that pytest finds them in this module.
 aws, aws_env, moto_url, raw = moto_aws.aws, moto_aws.aws_env, moto_aws.moto_url, moto_aws.raw
+wide_console = deploy_world.wide_console  # autouse: rich tables on one line each, searchable
 FAST = Backoff(first=0.01, cap=0.02)
 MUTATING = ("Create", "Put", "Update", "Delete", "Register", "Deregister", "Upload")
-
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables on one line each, so outputs can be searched
 
 
 @pytest.fixture
 def seeded(aws: Aws, raw: Raw) -> dict[str, str]:
     """A bucket with model data in it and the two SNS topics, as a user would have them before deploying."""
-    raw("s3").create_bucket(Bucket=BUCKET)
-    raw("s3").put_object(Bucket=BUCKET, Key="models/tiny/model.tar.gz", Body=b"not really a model")
-    sns = raw("sns")
-    return {
-        "success": sns.create_topic(Name="koe-done")["TopicArn"],
-        "error": sns.create_topic(Name="koe-failed")["TopicArn"],
-    }
+    return seed(raw, BUCKET, {"success": "koe-done", "error": "koe-failed"})
 
 
 def make_spec(topics: dict[str, str], **changes: Any) -> DeploySpec:

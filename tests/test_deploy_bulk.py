@@ -21,29 +21,20 @@ from koe.deploy.notify import parse_notice
 from koe.deploy.plan import execute, plan_deploy
 from koe.deploy.wait import Backoff
 from koe.errors import OptionsError
-from support import moto_aws
+from support import deploy_world, moto_aws
+from support.deploy_world import seed
 from support.moto_aws import Raw, queue_results
 from test_deploy import BUCKET, NAME, make_spec
 
 aws, aws_env, moto_url, raw = moto_aws.aws, moto_aws.aws_env, moto_aws.moto_url, moto_aws.raw  # fixtures
+wide_console = deploy_world.wide_console  # autouse: rich tables on one line each, searchable
 FAST = Backoff(first=0.01, cap=0.05)
 FAILURE = json.dumps({"error": {"type": "undecodable_audio", "message": "cannot decode the input"}})
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "250")
-
-
 @pytest.fixture
 def topics(raw: Raw) -> dict[str, str]:
-    raw("s3").create_bucket(Bucket=BUCKET)
-    raw("s3").put_object(Bucket=BUCKET, Key="models/tiny/model.tar.gz", Body=b"not really a model")
-    sns = raw("sns")
-    return {
-        "success": sns.create_topic(Name="koe-done")["TopicArn"],
-        "error": sns.create_topic(Name="koe-failed")["TopicArn"],
-    }
+    return seed(raw, BUCKET, {"success": "koe-done", "error": "koe-failed"})
 
 
 def deploy(aws: Aws, topics: dict[str, str], *, notify: bool) -> None:

@@ -21,26 +21,20 @@ from koe.deploy.plan import execute, lifecycle_rule_id, plan_deploy, plan_destro
 from koe.deploy.sizing import cost_notes, derive, parse_duration
 from koe.deploy.wait import Backoff, Clock
 from koe.errors import DeployError, OptionsError
-from support import moto_aws
+from support import deploy_world, moto_aws
+from support.deploy_world import seed
 from support.moto_aws import Raw
 from test_deploy import BUCKET, NAME, RID, deploy_args, deployed, make_spec
 
 aws, aws_env, moto_url, raw = moto_aws.aws, moto_aws.aws_env, moto_aws.moto_url, moto_aws.raw  # fixtures
+wide_console = deploy_world.wide_console  # autouse: rich tables on one line each, searchable
 FAST = Backoff(first=0.01, cap=0.02)
 NAMES = ScalingNames(NAME, "AllTraffic")
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "250")
-
-
 @pytest.fixture
 def seeded(raw: Raw) -> dict[str, str]:
-    raw("s3").create_bucket(Bucket=BUCKET)
-    raw("s3").put_object(Bucket=BUCKET, Key="models/tiny/model.tar.gz", Body=b"not really a model")
-    sns = raw("sns")
-    return {name: sns.create_topic(Name=f"koe-{name}")["TopicArn"] for name in ("success", "error", "alarms")}
+    return seed(raw, BUCKET, {name: f"koe-{name}" for name in ("success", "error", "alarms")})
 
 
 def run(plan: Any, aws: Aws) -> None:
