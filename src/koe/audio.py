@@ -143,11 +143,7 @@ def decode(
     with container:
         if not container.streams.audio:
             raise NoAudioStreamError("the input has no audio stream")
-        rate = container.streams.audio[0].sample_rate or 0
-        if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
-            raise UndecodableAudioError(
-                f"the audio's sample rate is {rate} Hz; koe takes {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
-            )
+        _check_sample_rate(container.streams.audio[0].sample_rate)
         max_samples = int(limits.max_duration_s * SAMPLE_RATE)
         # Not sized by the container's declared duration: a tiny file may declare hours.
         first = min(max_samples, int(FIRST_BUFFER_S * SAMPLE_RATE))
@@ -158,6 +154,14 @@ def decode(
     if samples.size == 0:
         raise UndecodableAudioError("the input holds no decodable audio samples")
     return Audio(samples=samples)
+
+
+def _check_sample_rate(rate: int | None) -> None:
+    """Refuse a sample rate outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE (an unknown rate, 0 or None, passes)."""
+    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise UndecodableAudioError(
+            f"the audio's sample rate is {rate} Hz; koe takes {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
+        )
 
 
 class SampleBuffer:
@@ -238,10 +242,7 @@ def _decode_stream(
         if isinstance(frame, Exception):
             error = error or frame
             continue
-        if frame.sample_rate and not MIN_SAMPLE_RATE <= frame.sample_rate <= MAX_SAMPLE_RATE:
-            raise UndecodableAudioError(
-                f"the audio's sample rate is {frame.sample_rate} Hz; koe takes {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz"
-            )
+        _check_sample_rate(frame.sample_rate)
         decoded_any = True
         for out in resampler.resample(frame):
             yield out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
