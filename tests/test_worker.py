@@ -21,7 +21,7 @@ from koe.jobs import Job, JobStatus, LocalEndpoint
 from koe.ondemand import EngineHolder
 from koe.storage import file_location, parse_location
 from support.jobs_support import REGION, Receiver, boto_client, moto_server, wait_for, webhook_receiver
-from support.serving import JFK_WORDS
+from support.serving import JFK_WORDS, words
 
 SONNET = AUDIO_DIR / "en" / "librivox_shakespeare_sonnet_1.mp3"
 SHORT = AUDIO_DIR / "en" / "ljspeech_LJ001-0002.flac"  # 1.9 s: "in being comparatively modern."
@@ -175,7 +175,12 @@ def test_graceful_stop_finishes_the_running_job(tmp_path: Path, engine: Engine, 
     endpoint.pool.on_signal(15)  # first SIGTERM: stop claiming, finish in-flight
     endpoint.submit(file_location(jfk), job_id="after", format="text")
     endpoint.stop(60)
-    assert endpoint.get("jfk").status is JobStatus.COMPLETED
+    done = endpoint.get("jfk")
+    assert done.status is JobStatus.COMPLETED
+    transcript = json.loads(Path(parse_location(done.output_location).key).read_text())
+    assert JFK_WORDS in words(transcript["text"])  # finished, not cut off mid-file
+    ends = [segment["end"] for segment in transcript["segments"]]
+    assert ends == sorted(ends) and ends[-1] > 10
     assert endpoint.get("after").status is JobStatus.QUEUED  # not claimed after the signal
 
 
