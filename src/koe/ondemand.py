@@ -195,8 +195,8 @@ class OnDemandModels:
         known = known_models(self._models_dir())
         if name not in known:
             raise UnknownModelError(
-                f"model: unknown model {model!r}; use {WHISPER_1!r} (the server's default, {self.default}) "
-                f"or one of: {', '.join(sorted(known))}"
+                f"model: unknown model {str(model)[:100]!r}; use {WHISPER_1!r} (the server's default, "
+                f"{self.default}) or one of: {', '.join(sorted(known))}"
             )
         return name
 

@@ -115,7 +115,8 @@ class LoadedModel:
         name = self.name(model)
         if name != self.default:
             raise UnknownModelError(
-                f"model: {model!r} is not served here; use {self.default!r} or {WHISPER_1!r} (the same model)"
+                f"model: {str(model)[:100]!r} is not served here; use {self.default!r} or {WHISPER_1!r} "
+                "(the same model)"
             )
         return name
 
