@@ -28,8 +28,8 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
+from support.jobs_support import moto_server
 from support.serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
 BUCKET = "sagemaker-us-east-1-123456789012"
@@ -40,13 +40,8 @@ AWS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_a
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

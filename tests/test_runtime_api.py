@@ -15,12 +15,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto.server import ThreadedMotoServer
 
 from conftest import AUDIO_DIR
 from koe.api.runtime import RuntimeApiError, check_endpoint, parse_async_headers
 from koe.audio import AudioLimits, decode
 from koe.config import Settings
+from support.jobs_support import moto_server
 from support.media import encode_audio
 from support.serving import JFK_WORDS, free_port, python_command, server_process, wait_ready, words
 
@@ -32,13 +32,8 @@ AWS = {"region_name": "ap-northeast-1", "aws_access_key_id": "testing", "aws_sec
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
