@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from koe.errors import KoeError, ModelUnavailableError, NotReadyError, UnknownModelError
-from koe.provider import ALIASES, WHISPER_1, known_models, offline_models
+from koe.provider import WHISPER_1, known_models, offline_models, real_name
 
 if TYPE_CHECKING:
     from koe.engine import Engine
@@ -184,7 +184,7 @@ class OnDemandModels:
         """Called with True after a model loads and False after one unloads."""
 
     def name(self, model: str | None) -> str:
-        return self.default if model is None or model in ALIASES else model
+        return real_name(model, self.default)
 
     # -- koe.provider.ModelProvider ---------------------------------------------------------------------------
 

@@ -27,6 +27,11 @@ WHISPER_1 = "whisper-1"
 ALIASES = frozenset({"", "default", WHISPER_1})
 
 
+def real_name(model: str | None, default: str) -> str:
+    """The name of the model `model` asks for: None or an alias is `default`."""
+    return default if model is None or model in ALIASES else model
+
+
 def known_models(cache_dir: Path) -> list[str]:
     """Every model koe knows by name (bundled, and the hub's, downloaded or not)."""
     from koe.model_files import list_models  # here: it loads faster-whisper
@@ -109,7 +114,7 @@ class LoadedModel:
             self._engine = None
 
     def name(self, model: str | None) -> str:
-        return self.default if model is None or model in ALIASES else model
+        return real_name(model, self.default)
 
     def check(self, model: str | None) -> str:
         name = self.name(model)
