@@ -242,3 +242,13 @@ def test_data_dir_is_a_root(tmp_path: Path) -> None:
     with pytest.raises(LocationError):
         store.check(file_location(tmp_path / "x"))
     assert os.path.isdir(tmp_path / "koe")
+
+
+def test_a_location_longer_than_the_limit_is_refused_without_echoing_it() -> None:
+    from koe.storage import MAX_LOCATION_LENGTH, parse_location
+
+    long = "s3://bucket/" + "k" * MAX_LOCATION_LENGTH
+    with pytest.raises(LocationError) as caught:
+        parse_location(long)
+    assert "at most 4096 characters" in str(caught.value) and "kkkk" not in str(caught.value)
+    assert parse_location("s3://bucket/" + "k" * 1000).key == "k" * 1000

@@ -101,11 +101,17 @@ class Location:
         return Location(self.scheme, self.bucket, joined)
 
 
+MAX_LOCATION_LENGTH = 4096
+"""Longest location accepted: an S3 key is at most 1024 bytes, a Linux path 4096."""
+
+
 def parse_location(url: str) -> Location:
     """Parse `url` into a Location; refuses other schemes, control characters (NUL, ESC, CR, LF, U+2028, bidi
     overrides: they would forge or hide log lines) and `..` segments."""
     if not isinstance(url, str) or not url:
         raise LocationError("a location must be a non-empty file:// or s3:// URL")
+    if len(url) > MAX_LOCATION_LENGTH:  # it reaches logs, the queue and error messages: bound it
+        raise LocationError(f"a location must be at most {MAX_LOCATION_LENGTH} characters")
     if "\x00" in url:
         raise LocationError("a location must not contain NUL bytes")
     if has_control_characters(url):
