@@ -517,6 +517,7 @@ def test_a_full_database_disk_is_a_clear_error(tmp_path: Path) -> None:
         raise sqlite3.OperationalError("database or disk is full")  # what SQLite raises on a full disk
     assert queue.get("b").status is JobStatus.QUEUED
     queue.submit(local_request(tmp_path, "c"), "c")  # and the connection still works
+    assert queue.get("c").status is JobStatus.QUEUED
     queue.close()
 
 
